@@ -1,0 +1,113 @@
+"""Depth growth of residual stacks stored on a leading (or any) ``depth`` axis.
+
+A stack of L residual blocks ``x_{l+1} = x_l + a f(x_l; theta_l)`` is read as samples of a depth
+profile ``theta(t)``, ``t in [0, 1]``. A depth map is a linear map on blocks plus a scale on each
+new block's residual output:
+
+    theta'_m = sum_l mix[m, l] theta_l,        out'_m = out_scale[m] * (sum_l mix[m, l] out_l)
+
+where ``out`` are the leaves marked ``residual_out`` (the branch's output projection). Rules:
+
+- ``identity``: each block is followed by ``c_l - 1`` copies of itself whose output projection
+  is zero -- those blocks compute the identity, so the network is unchanged (exact).
+- ``duplicate``: each block repeated ``c_l`` times with its output scaled by ``1/c_l`` (Euler
+  step halving): error O(1/L) for a depth profile smooth in l/L, O(1/sqrt(L)) for i.i.d.-like
+  blocks (Chang et al., ICLR 2018).
+- ``interpolate``: new block m sits at depth ``t'_m = (m + 1/2)/L'``; its parameters linearly
+  interpolate the two source blocks around it (source block l sits at ``(l + 1/2)/L``, clamped at
+  the ends); every output is scaled by ``L/L'``. Also shrinks (L' < L).
+- ``stack``: the whole stack repeated (G_stack, Du et al., NeurIPS 2024), no rescaling.
+
+Counts ``c_l`` are balanced: ``floor(L'/L)`` or ``ceil(L'/L)``, extras to the earliest blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from growth.errors import GrowthError
+from growth.spec import LeafSpec
+
+DEPTH_RULES = ("identity", "duplicate", "interpolate", "stack")
+
+
+class DepthMap(NamedTuple):
+    """mix: float32 [L', L]; out_scale: float32 [L'] (see module docstring)."""
+
+    mix: jax.Array
+    out_scale: jax.Array
+
+
+def _block_counts(L: int, L_new: int) -> np.ndarray:
+    q, r = divmod(L_new, L)
+    return np.array([q + (l < r) for l in range(L)])
+
+
+def depth_map(rule: str, L: int, L_new: int) -> DepthMap:
+    """Build the depth map of ``rule`` taking L blocks to L_new blocks."""
+    if rule not in DEPTH_RULES:
+        raise GrowthError(f"depth rule {rule!r}: expected one of {DEPTH_RULES}")
+    if L < 1 or L_new < 1:
+        raise GrowthError(f"depth: need at least one block before and after, got {L} -> {L_new}")
+    if L_new < L and rule != "interpolate":
+        raise GrowthError(
+            f"depth rule {rule!r} cannot shrink {L} -> {L_new} blocks; use 'interpolate'"
+        )
+    mix = np.zeros((L_new, L), np.float32)
+    scale = np.ones(L_new, np.float32)
+    if rule in ("identity", "duplicate"):
+        counts = _block_counts(L, L_new)
+        src = np.repeat(np.arange(L), counts)
+        mix[np.arange(L_new), src] = 1.0
+        if rule == "identity":
+            first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            scale[:] = 0.0
+            scale[first] = 1.0
+        else:
+            scale = (1.0 / counts[src]).astype(np.float32)
+    elif rule == "stack":
+        mix[np.arange(L_new), np.arange(L_new) % L] = 1.0
+    else:  # interpolate
+        pos = np.clip((np.arange(L_new) + 0.5) * L / L_new - 0.5, 0, L - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, L - 1)
+        frac = (pos - lo).astype(np.float32)
+        mix[np.arange(L_new), lo] += 1.0 - frac
+        mix[np.arange(L_new), hi] += frac
+        scale[:] = L / L_new
+    return DepthMap(jnp.asarray(mix), jnp.asarray(scale))
+
+
+def _mix_axis(x: jax.Array, axis: int, dm: DepthMap, residual_out: bool) -> jax.Array:
+    y = jnp.tensordot(dm.mix, x, axes=([1], [axis]), precision=jax.lax.Precision.HIGHEST)
+    if residual_out:
+        y = y * dm.out_scale.reshape((-1,) + (1,) * (y.ndim - 1))
+    return jnp.moveaxis(y, 0, axis)
+
+
+@partial(jax.jit, static_argnames=("leaf_specs",))
+def apply_depth(
+    leaves: Sequence[jax.Array],
+    maps: Mapping[str, DepthMap],
+    *,
+    leaf_specs: tuple[LeafSpec, ...],
+) -> list[jax.Array]:
+    """Apply depth maps to every leaf with a ``depth`` axis whose stack is in ``maps``.
+
+    The contraction uses HIGHEST matmul precision so that one-hot rows copy blocks exactly
+    (no TF32/bf16 passes on accelerators). Returns new leaves in their source dtypes.
+    """
+    out = []
+    for leaf, spec in zip(leaves, leaf_specs, strict=True):
+        x = leaf
+        for ax, a in enumerate(spec.axes):
+            if a and a.role == "depth" and a.space in maps:
+                x = _mix_axis(x.astype(jnp.float32), ax, maps[a.space], spec.residual_out)
+        out.append(x.astype(leaf.dtype))
+    return out

@@ -1,0 +1,158 @@
+"""The core entry point: ``grow(params, spec, width=..., depth=..., method=..., key=...)``.
+
+Works on any pytree of arrays (NNX state as a pure dict, Linen params, plain dicts) described by
+a :class:`~growth.spec.NeuronSpec`. Input is validated before any work: unknown spaces,
+nonsensical targets, non-finite weights and impossible method/target combinations raise a
+:class:`~growth.errors.GrowthError` naming the offending space, leaf or field.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from growth.depth import DepthMap, apply_depth, depth_map
+from growth.errors import GrowthError
+from growth.methods import Method, get_method
+from growth.spec import NeuronSpec, ResolvedSpec, leaves_with_paths
+from growth.width import apply_width
+from theory.measure import SpaceMap, sample_space
+
+
+@dataclass
+class GrowthReport:
+    """What a growth did: sizes before/after, copy counts, and whether it keeps the function."""
+
+    method: dict
+    sizes_before: dict[str, int]
+    sizes_after: dict[str, int]
+    copies: dict[str, tuple[int, int]] = field(default_factory=dict)  # space -> (min, max) count
+    function_preserving: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"method: {self.method['name']} ({self.method})"]
+        lines.append(f"{'space':<16} {'before':>7} {'after':>7}  copies")
+        for s, n in self.sizes_before.items():
+            lo, hi = self.copies.get(s, (1, 1))
+            lines.append(f"{s:<16} {n:>7} {self.sizes_after[s]:>7}  {lo}..{hi}")
+        lines.append(f"function preserving: {self.function_preserving}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _space_key(key: jax.Array, name: str) -> jax.Array:
+    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def _check_targets(kind: str, targets: Mapping[str, Any], known: list[str]) -> dict[str, int]:
+    checked = {}
+    for space, target in targets.items():
+        if space not in known:
+            raise GrowthError(f"{kind} target {space!r}: not a {kind} space of the spec {known}")
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 1:
+            raise GrowthError(f"{kind} target {space!r}={target!r}: expected a positive integer")
+        checked[space] = int(target)
+    return checked
+
+
+def check_finite(params: Any) -> None:
+    """Raise GrowthError naming the first leaf that holds NaN or inf."""
+    for path, leaf in leaves_with_paths(params):
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact) and not bool(
+            jnp.all(jnp.isfinite(leaf))
+        ):
+            raise GrowthError(f"leaf {path!r} contains NaN or inf; refusing to grow it")
+
+
+def _width_maps(
+    resolved: ResolvedSpec, targets: dict[str, int], method: Method, key: jax.Array
+) -> tuple[dict[str, SpaceMap], list[str], bool]:
+    maps, notes, exact = {}, [], True
+    normed = resolved.normalized_spaces()
+    for space, N in targets.items():
+        n = resolved.sizes[space]
+        if N == n and method.sampler == "balanced":
+            continue  # identity map: nothing to do
+        m = sample_space(_space_key(key, space), n, N, method.sampler, method.scaling)
+        counts = np.asarray(m.counts)
+        if method.scaling == "exact" and counts.min() == 0:
+            raise GrowthError(
+                f"space {space!r}: scaling='exact' keeps every source unit, but the "
+                f"{method.sampler!r} map {n} -> {N} drops {int((counts == 0).sum())} of them "
+                "(pruning); use scaling='unbiased' to prune by sampling"
+            )
+        maps[space] = m
+        mass = np.asarray(jax.ops.segment_sum(m.scale, m.index, num_segments=n))
+        if not np.allclose(mass, 1.0, rtol=1e-6):
+            exact = False
+            notes.append(f"space {space!r}: fan-in scales do not sum to 1 per unit (sampling)")
+        if space in normed and counts.min() != counts.max():
+            exact = False
+            notes.append(
+                f"space {space!r} is normalised (LayerNorm/RMSNorm) and its units get unequal "
+                f"copy counts {counts.min()}..{counts.max()}: the norm statistics change; use a "
+                f"target that is a multiple of {n} for exact growth"
+            )
+    if maps and (method.bandwidth > 0 or method.symmetry == "noise" and method.sigma > 0):
+        exact = False
+        notes.append("kernel smoothing / additive noise changes the function by design")
+    return maps, notes, exact
+
+
+def grow(
+    params: Any,
+    spec: NeuronSpec,
+    *,
+    width: Mapping[str, int] | None = None,
+    depth: Mapping[str, int] | None = None,
+    method: str | Method = "exact",
+    key: jax.Array | int = 0,
+) -> tuple[Any, GrowthReport]:
+    """Grow (or prune) the neuron spaces and depth stacks of ``params``.
+
+    width: space -> new size N. depth: stack -> new number of blocks L'.
+    method: a recipe name from ``growth.methods.METHODS`` or a :class:`Method`.
+    key: PRNG key or int seed; the same key gives bit-identical results.
+    Returns ``(new_params, report)`` with the same tree structure as ``params``.
+    """
+    resolved = spec.resolve(params)
+    method = get_method(method)
+    width = _check_targets("width", width or {}, resolved.width_spaces())
+    depth = _check_targets("depth", depth or {}, resolved.depth_stacks())
+    check_finite(params)
+    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    k_maps, k_apply = jax.random.split(key)
+
+    maps, notes, exact = _width_maps(resolved, width, method, k_maps)
+    dmaps: dict[str, DepthMap] = {}
+    for stack, L_new in depth.items():
+        L = resolved.sizes[stack]
+        if L_new != L:
+            dmaps[stack] = depth_map(method.depth, L, L_new)
+            if method.depth != "identity":
+                exact = False
+                notes.append(f"depth rule {method.depth!r} on {stack!r} is approximate")
+
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    leaves = [jnp.asarray(x) for x in leaves]
+    if maps:
+        leaves = apply_width(
+            leaves, maps, k_apply, leaf_specs=resolved.leaves, symmetry=method.symmetry,
+            sigma=float(method.sigma), bandwidth=float(method.bandwidth),
+        )
+    if dmaps:
+        leaves = apply_depth(leaves, dmaps, leaf_specs=resolved.leaves)
+    after = dict(resolved.sizes) | width | depth
+    copies = {s: (int(m.counts.min()), int(m.counts.max())) for s, m in maps.items()}
+    report = GrowthReport(method.to_dict(), dict(resolved.sizes), after, copies, exact, notes)
+    return jax.tree_util.tree_unflatten(treedef, leaves), report

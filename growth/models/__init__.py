@@ -1,0 +1,79 @@
+"""Reference Flax NNX models. Each family exports its config, module, neuron-space spec and how
+its config changes when its spaces are resized; the engine itself only sees pure params + spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from typing import Any, NamedTuple
+
+import jax
+from flax import nnx
+
+from growth.errors import GrowthError
+from growth.models import mlp, resmlp
+from growth.spec import NeuronSpec
+
+
+class Family(NamedTuple):
+    """A model family: config class, module class, spec and resize rule."""
+
+    name: str
+    config: type
+    module: type
+    spec: Callable[[Any], NeuronSpec]
+    sizes: Callable[[Any], dict[str, int]]
+    resize: Callable[[Any, Mapping[str, int]], Any]
+
+
+FAMILIES: dict[str, Family] = {
+    "mlp": Family("mlp", mlp.MLPConfig, mlp.MLP, mlp.spec, mlp.sizes, mlp.resize),
+    "resmlp": Family(
+        "resmlp", resmlp.ResMLPConfig, resmlp.ResMLP, resmlp.spec, resmlp.sizes, resmlp.resize
+    ),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise GrowthError(f"model family {name!r}: expected one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def config_from_dict(family: str, config: Mapping[str, Any]) -> Any:
+    """Rebuild a family's config from its JSON form, with a clear error on unknown fields."""
+    fam = get_family(family)
+    try:
+        return fam.config(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    except TypeError as e:
+        raise GrowthError(f"{family} config {dict(config)}: {e}") from e
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)
+
+
+def init_model(family: str, config: Any, seed: int = 0) -> nnx.Module:
+    return get_family(family).module(config, rngs=nnx.Rngs(seed))
+
+
+def params_of(model: nnx.Module) -> dict:
+    """The model's parameters as a pure nested dict (what the engine and checkpoints see)."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def model_from_params(family: str, config: Any, params: Any) -> nnx.Module:
+    """Build a module of ``family``/``config`` holding ``params`` (shapes checked by the spec)."""
+    fam = get_family(family)
+    fam.spec(config).resolve(params)
+    sizes = fam.sizes(config)
+    found = fam.spec(config).resolve(params).sizes
+    wrong = {s: (sizes[s], found[s]) for s in sizes if found.get(s) != sizes[s]}
+    if wrong:
+        raise GrowthError(f"params do not fit the {family} config: space sizes (config, params) "
+                          f"{wrong}")
+    abstract = nnx.eval_shape(lambda: fam.module(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(jax.numpy.asarray, params))
+    return nnx.merge(graphdef, state)

@@ -1,0 +1,107 @@
+"""A residual MLP with pre-LayerNorm blocks stacked on a leading depth axis (Flax NNX).
+
+    x_0 = E u + e,   x_{l+1} = x_l + a (W2_l gelu(W1_l LN_l(x_l) + b1_l) + b2_l),
+    logits = H LN_f(x_L) + c
+
+Neuron spaces: ``d`` (the residual stream), ``h`` (the blocks' hidden units, one map shared by
+all blocks) and the depth stack ``blocks`` (L). The residual multiplier ``a`` is a config
+constant, not derived from L, so depth growth never has to rewrite it. Block parameters are
+arrays ``[L, ...]`` run with ``jax.lax.scan``, so depth growth is a map on the leading axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from growth.errors import GrowthError
+from growth.spec import LeafSpec, NeuronSpec
+
+
+@dataclass(frozen=True)
+class ResMLPConfig:
+    input_dim: int
+    width: int
+    hidden: int
+    depth: int
+    num_classes: int
+    residual_scale: float = 1.0
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        sizes = (self.input_dim, self.width, self.hidden, self.depth, self.num_classes)
+        if min(sizes) < 1:
+            raise GrowthError(f"ResMLPConfig {self}: all sizes must be positive")
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis: ``(x - mean) / sqrt(var + eps) * scale + bias``."""
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+class ResMLP(nnx.Module):
+    def __init__(self, config: ResMLPConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d, h, L = config.width, config.hidden, config.depth
+        init = nnx.initializers.lecun_normal()
+        self.embed = nnx.Linear(config.input_dim, d, rngs=rngs)
+        self.ln_scale = nnx.Param(jnp.ones((L, d)))
+        self.ln_bias = nnx.Param(jnp.zeros((L, d)))
+        self.w1 = nnx.Param(init(rngs.params(), (L, d, h)) * 1.0)
+        self.b1 = nnx.Param(jnp.zeros((L, h)))
+        self.w2 = nnx.Param(init(rngs.params(), (L, h, d)) / jnp.sqrt(L))
+        self.b2 = nnx.Param(jnp.zeros((L, d)))
+        self.final_scale = nnx.Param(jnp.ones((d,)))
+        self.final_bias = nnx.Param(jnp.zeros((d,)))
+        self.head = nnx.Linear(d, config.num_classes, rngs=rngs)
+
+    def __call__(self, u: jax.Array) -> jax.Array:
+        """u: [batch, input_dim] -> logits [batch, num_classes]."""
+        cfg = self.config
+
+        def block(x, p):
+            g, b, w1, b1, w2, b2 = p
+            y = jax.nn.gelu(layer_norm(x, g, b, cfg.eps) @ w1 + b1)
+            return x + cfg.residual_scale * (y @ w2 + b2), None
+
+        stack = (self.ln_scale, self.ln_bias, self.w1, self.b1, self.w2, self.b2)
+        x, _ = jax.lax.scan(block, self.embed(u), tuple(p[...] for p in stack))
+        return self.head(layer_norm(x, self.final_scale[...], self.final_bias[...], cfg.eps))
+
+
+def spec(config: ResMLPConfig) -> NeuronSpec:
+    norm = {"norm": True}
+    out = {"residual_out": True}
+    return NeuronSpec({
+        "embed/kernel": ("-", "out:d"),
+        "embed/bias": ("out:d",),
+        "ln_scale": LeafSpec.of(("depth:blocks", "out:d"), **norm),
+        "ln_bias": LeafSpec.of(("depth:blocks", "out:d"), **norm),
+        "w1": ("depth:blocks", "in:d", "out:h"),
+        "b1": ("depth:blocks", "out:h"),
+        "w2": LeafSpec.of(("depth:blocks", "in:h", "out:d"), **out),
+        "b2": LeafSpec.of(("depth:blocks", "out:d"), **out),
+        "final_scale": LeafSpec.of(("out:d",), **norm),
+        "final_bias": LeafSpec.of(("out:d",), **norm),
+        "head/kernel": ("in:d", "-"),
+        "head/bias": ("-",),
+    })
+
+
+def sizes(config: ResMLPConfig) -> dict[str, int]:
+    return {"d": config.width, "h": config.hidden, "blocks": config.depth}
+
+
+def resize(config: ResMLPConfig, new: Mapping[str, int]) -> ResMLPConfig:
+    return replace(
+        config,
+        width=new.get("d", config.width),
+        hidden=new.get("h", config.hidden),
+        depth=new.get("blocks", config.depth),
+    )

@@ -1,0 +1,209 @@
+"""Neuron-space specs: which tensor axes index interchangeable units, and in what role.
+
+A *neuron space* is a set of interchangeable units (the hidden units of an MLP layer, the
+residual stream, the stacked blocks of a residual network). Every axis of every parameter leaf
+either indexes a space or is fixed (input features, classes). For a space of size n grown to N
+through an index map ``g: [N] -> [n]`` the roles are
+
+- ``out`` (fan-out: the axis produces the unit's value -- rows of the incoming matrix, biases,
+  norm gains): ``new[i] = old[g(i)]``;
+- ``in`` (fan-in: the axis is summed over by the next computation -- columns of the outgoing
+  matrix): ``new[..., i] = s_i * old[..., g(i)]``;
+- ``depth`` (the leading axis of a stack of residual blocks): ``new[m] = sum_l M[m, l] old[l]``
+  for a depth mixing matrix ``M: [L', L]``.
+
+Axes are written as short strings: ``"out:h1"``, ``"in:h1"``, ``"depth:blocks"`` or ``"-"`` for
+a fixed axis. A spec maps leaf-path patterns (``fnmatch`` globs over ``"a/b/0/kernel"``) to leaf
+specs; every leaf must be matched by exactly one pattern and every pattern must match a leaf.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jax
+
+from growth.errors import SpecError
+
+Role = Literal["in", "out", "depth"]
+ROLES: tuple[str, ...] = ("in", "out", "depth")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Role of one tensor axis with respect to a neuron space."""
+
+    role: Role
+    space: str
+
+    def __str__(self) -> str:
+        return f"{self.role}:{self.space}"
+
+
+def parse_axis(text: str | Axis | None) -> Axis | None:
+    """Parse ``"out:h1"`` / ``"in:h1"`` / ``"depth:blocks"`` / ``"-"`` (or None) into an Axis."""
+    if text is None or isinstance(text, Axis):
+        return text
+    if text == "-":
+        return None
+    role, sep, space = text.partition(":")
+    if not sep or role not in ROLES or not space:
+        raise SpecError(
+            f"axis {text!r}: expected 'out:SPACE', 'in:SPACE', 'depth:STACK' or '-' (fixed)"
+        )
+    return Axis(role, space)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LeafSpec:
+    """Axis roles of one parameter leaf.
+
+    ``residual_out`` marks a leaf that ends a residual branch (the output projection's kernel and
+    bias): depth rules scale it per new block (zero for ``identity``, ``1/k`` for
+    ``duplicate``). ``norm`` marks the gain or bias of a normalisation (LayerNorm, RMSNorm)
+    taken over the leaf's ``out`` space: such a space keeps its statistics only under maps with
+    equal counts, which the growth report checks.
+    """
+
+    axes: tuple[Axis | None, ...]
+    residual_out: bool = False
+    norm: bool = False
+
+    @staticmethod
+    def of(
+        axes: Sequence[str | Axis | None], *, residual_out: bool = False, norm: bool = False
+    ) -> LeafSpec:
+        return LeafSpec(tuple(parse_axis(a) for a in axes), residual_out, norm)
+
+    def __str__(self) -> str:
+        text = ", ".join("-" if a is None else str(a) for a in self.axes)
+        flags = [f for f, on in (("residual-out", self.residual_out), ("norm", self.norm)) if on]
+        return f"({text})" + "".join(f" {f}" for f in flags)
+
+
+def path_str(path: Sequence[Any]) -> str:
+    """Render a ``jax.tree_util`` key path as ``"a/b/0/kernel"``."""
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def leaves_with_paths(params: Any) -> list[tuple[str, Any]]:
+    """Flatten a params pytree into ``[(path, leaf)]`` in tree order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    return [(path_str(p), leaf) for p, leaf in flat]
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A spec matched against a concrete params pytree: one LeafSpec per leaf, in tree order."""
+
+    paths: tuple[str, ...]
+    leaves: tuple[LeafSpec, ...]
+    sizes: Mapping[str, int]  # space -> size (width spaces and depth stacks alike)
+
+    def width_spaces(self) -> list[str]:
+        return sorted({a.space for s in self.leaves for a in s.axes if a and a.role != "depth"})
+
+    def depth_stacks(self) -> list[str]:
+        return sorted({a.space for s in self.leaves for a in s.axes if a and a.role == "depth"})
+
+    def normalized_spaces(self) -> set[str]:
+        """Spaces over which some normalisation (a ``norm`` leaf's out axis) is taken."""
+        return {a.space for s in self.leaves if s.norm for a in s.axes if a and a.role == "out"}
+
+    def table(self) -> str:
+        """A readable table of spaces, sizes and the leaves that use them."""
+        lines = ["space            size  role   leaves"]
+        for space in self.width_spaces() + self.depth_stacks():
+            for role in ROLES:
+                users = [
+                    p
+                    for p, s in zip(self.paths, self.leaves, strict=True)
+                    if any(a == Axis(role, space) for a in s.axes)  # type: ignore[arg-type]
+                ]
+                if users:
+                    lines.append(f"{space:<16} {self.sizes[space]:>5}  {role:<6} {', '.join(users)}")
+        return "\n".join(lines)
+
+
+class NeuronSpec:
+    """Declarative map from leaf-path patterns to axis roles.
+
+    >>> spec = NeuronSpec({"layers/0/kernel": ("-", "out:h1"), "layers/0/bias": ("out:h1",),
+    ...                    "layers/1/kernel": ("in:h1", "-"), "layers/1/bias": ("-",)})
+    """
+
+    def __init__(self, leaves: Mapping[str, LeafSpec | Sequence[str | Axis | None]]):
+        self.patterns: dict[str, LeafSpec] = {
+            pattern: s if isinstance(s, LeafSpec) else LeafSpec.of(s) for pattern, s in leaves.items()
+        }
+        spaces = {}
+        for pattern, s in self.patterns.items():
+            for a in s.axes:
+                if a is None:
+                    continue
+                kind = "depth" if a.role == "depth" else "width"
+                if spaces.setdefault(a.space, kind) != kind:
+                    raise SpecError(
+                        f"spec entry {pattern!r}: space {a.space!r} is used both as a width space "
+                        "and as a depth stack"
+                    )
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{p!r}: {s}" for p, s in self.patterns.items())
+        return f"NeuronSpec({{{body}}})"
+
+    def resolve(self, params: Any) -> ResolvedSpec:
+        """Match the spec against ``params``; raise SpecError on any mismatch.
+
+        Checked: every leaf matched by exactly one pattern, every pattern used, ranks equal,
+        and each space having one size across all the axes that index it.
+        """
+        named = leaves_with_paths(params)
+        if not named:
+            raise SpecError("params pytree has no leaves")
+        used: set[str] = set()
+        specs: list[LeafSpec] = []
+        sizes: dict[str, int] = {}
+        where: dict[str, str] = {}
+        for path, leaf in named:
+            hits = [p for p in self.patterns if fnmatch.fnmatchcase(path, p)]
+            if not hits:
+                raise SpecError(f"leaf {path!r} is not described by the spec (no pattern matches)")
+            if len(hits) > 1:
+                raise SpecError(f"leaf {path!r} is matched by several spec patterns: {hits}")
+            used.add(hits[0])
+            s = self.patterns[hits[0]]
+            shape = getattr(leaf, "shape", None)
+            if shape is None:
+                raise SpecError(f"leaf {path!r} is not an array (got {type(leaf).__name__})")
+            if len(shape) != len(s.axes):
+                raise SpecError(
+                    f"leaf {path!r}: spec gives {len(s.axes)} axes {s}, array has shape "
+                    f"{tuple(shape)}"
+                )
+            for ax, (a, n) in enumerate(zip(s.axes, shape, strict=True)):
+                if a is None:
+                    continue
+                if a.space in sizes and sizes[a.space] != n:
+                    raise SpecError(
+                        f"space {a.space!r} has size {sizes[a.space]} at {where[a.space]} but "
+                        f"size {n} at leaf {path!r} axis {ax}"
+                    )
+                sizes.setdefault(a.space, int(n))
+                where.setdefault(a.space, f"leaf {path!r} axis {ax}")
+            specs.append(s)
+        unused = [p for p in self.patterns if p not in used]
+        if unused:
+            raise SpecError(f"spec patterns match no leaf of the params: {unused}")
+        return ResolvedSpec(tuple(p for p, _ in named), tuple(specs), sizes)
