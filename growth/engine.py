@@ -109,7 +109,24 @@ def _width_maps(
     return maps, notes, exact
 
 
-def grow(
+@dataclass(frozen=True)
+class GrowthPlan:
+    """Everything a growth decided before touching the weights: the spec matched to the source
+    params, the method, the per-space index maps, the depth maps and the PRNG key for noise.
+
+    Apply it to the params with :func:`apply_plan`; the same plan maps anything that lives on the
+    same leaves (e.g. optimizer moments, see ``growth.optstate``).
+    """
+
+    resolved: ResolvedSpec
+    method: Method
+    maps: dict[str, SpaceMap]
+    depth_maps: dict[str, DepthMap]
+    key: jax.Array
+    report: GrowthReport
+
+
+def plan_growth(
     params: Any,
     spec: NeuronSpec,
     *,
@@ -117,14 +134,8 @@ def grow(
     depth: Mapping[str, int] | None = None,
     method: str | Method = "exact",
     key: jax.Array | int = 0,
-) -> tuple[Any, GrowthReport]:
-    """Grow (or prune) the neuron spaces and depth stacks of ``params``.
-
-    width: space -> new size N. depth: stack -> new number of blocks L'.
-    method: a recipe name from ``growth.methods.METHODS`` or a :class:`Method`.
-    key: PRNG key or int seed; the same key gives bit-identical results.
-    Returns ``(new_params, report)`` with the same tree structure as ``params``.
-    """
+) -> GrowthPlan:
+    """Validate the request against ``params`` and draw all index and depth maps."""
     resolved = spec.resolve(params)
     method = get_method(method)
     width = _check_targets("width", width or {}, resolved.width_spaces())
@@ -142,17 +153,51 @@ def grow(
             if method.depth != "identity":
                 exact = False
                 notes.append(f"depth rule {method.depth!r} on {stack!r} is approximate")
-
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    leaves = [jnp.asarray(x) for x in leaves]
-    if maps:
-        leaves = apply_width(
-            leaves, maps, k_apply, leaf_specs=resolved.leaves, symmetry=method.symmetry,
-            sigma=float(method.sigma), bandwidth=float(method.bandwidth),
-        )
-    if dmaps:
-        leaves = apply_depth(leaves, dmaps, leaf_specs=resolved.leaves)
     after = dict(resolved.sizes) | width | depth
     copies = {s: (int(m.counts.min()), int(m.counts.max())) for s, m in maps.items()}
     report = GrowthReport(method.to_dict(), dict(resolved.sizes), after, copies, exact, notes)
-    return jax.tree_util.tree_unflatten(treedef, leaves), report
+    return GrowthPlan(resolved, method, maps, dmaps, k_apply, report)
+
+
+def apply_plan(plan: GrowthPlan, params: Any) -> Any:
+    """Apply a plan's width then depth maps to ``params`` (same structure as planned)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    if len(leaves) != len(plan.resolved.leaves):
+        raise GrowthError(
+            f"plan was made for {len(plan.resolved.leaves)} leaves, params have {len(leaves)}"
+        )
+    leaves = [jnp.asarray(x) for x in leaves]
+    m = plan.method
+    if plan.maps:
+        leaves = apply_width(
+            leaves,
+            plan.maps,
+            plan.key,
+            leaf_specs=plan.resolved.leaves,
+            symmetry=m.symmetry,
+            sigma=float(m.sigma),
+            bandwidth=float(m.bandwidth),
+        )
+    if plan.depth_maps:
+        leaves = apply_depth(leaves, plan.depth_maps, leaf_specs=plan.resolved.leaves)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def grow(
+    params: Any,
+    spec: NeuronSpec,
+    *,
+    width: Mapping[str, int] | None = None,
+    depth: Mapping[str, int] | None = None,
+    method: str | Method = "exact",
+    key: jax.Array | int = 0,
+) -> tuple[Any, GrowthReport]:
+    """Grow (or prune) the neuron spaces and depth stacks of ``params``.
+
+    width: space -> new size N. depth: stack -> new number of blocks L'.
+    method: a recipe name from ``growth.methods.METHODS`` or a :class:`Method`.
+    key: PRNG key or int seed; the same key gives bit-identical results.
+    Returns ``(new_params, report)`` with the same tree structure as ``params``.
+    """
+    plan = plan_growth(params, spec, width=width, depth=depth, method=method, key=key)
+    return apply_plan(plan, params), plan.report

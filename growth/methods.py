@@ -59,8 +59,9 @@ class Method:
         if self.sampler == "smoothed" and self.bandwidth == 0:
             raise GrowthError("method sampler='smoothed' needs bandwidth > 0")
         if self.sampler != "smoothed" and self.bandwidth > 0:
-            raise GrowthError(f"method bandwidth > 0 only applies to sampler='smoothed', not "
-                              f"{self.sampler!r}")
+            raise GrowthError(
+                f"method bandwidth > 0 only applies to sampler='smoothed', not {self.sampler!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,10 +70,17 @@ class Method:
 METHODS: dict[str, Method] = {
     "exact": Method(name="exact"),
     "copy": Method(symmetry="none", sigma=0.0, name="copy"),
-    "iid": Method(sampler="iid", scaling="unbiased", symmetry="none", sigma=0.0,
-                  depth="duplicate", name="iid"),
-    "smoothed": Method(sampler="smoothed", symmetry="none", sigma=0.0, bandwidth=0.05,
-                       depth="duplicate", name="smoothed"),
+    "iid": Method(
+        sampler="iid", scaling="unbiased", symmetry="none", sigma=0.0, depth="duplicate", name="iid"
+    ),
+    "smoothed": Method(
+        sampler="smoothed",
+        symmetry="none",
+        sigma=0.0,
+        bandwidth=0.05,
+        depth="duplicate",
+        name="smoothed",
+    ),
     "net2net-noise": Method(symmetry="noise", sigma=0.01, name="net2net-noise"),
 }
 

@@ -132,7 +132,9 @@ class ResolvedSpec:
                     if any(a == Axis(role, space) for a in s.axes)  # type: ignore[arg-type]
                 ]
                 if users:
-                    lines.append(f"{space:<16} {self.sizes[space]:>5}  {role:<6} {', '.join(users)}")
+                    lines.append(
+                        f"{space:<16} {self.sizes[space]:>5}  {role:<6} {', '.join(users)}"
+                    )
         return "\n".join(lines)
 
 
@@ -145,7 +147,8 @@ class NeuronSpec:
 
     def __init__(self, leaves: Mapping[str, LeafSpec | Sequence[str | Axis | None]]):
         self.patterns: dict[str, LeafSpec] = {
-            pattern: s if isinstance(s, LeafSpec) else LeafSpec.of(s) for pattern, s in leaves.items()
+            pattern: s if isinstance(s, LeafSpec) else LeafSpec.of(s)
+            for pattern, s in leaves.items()
         }
         spaces = {}
         for pattern, s in self.patterns.items():

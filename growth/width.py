@@ -82,7 +82,9 @@ def apply_width(
         raise ValueError(f"symmetry {symmetry!r}: expected one of {SYMMETRY}")
     out = []
     for j, (leaf, spec) in enumerate(zip(leaves, leaf_specs, strict=True)):
-        grown = [(ax, a) for ax, a in enumerate(spec.axes) if a and a.role != "depth" and a.space in maps]
+        grown = [
+            (ax, a) for ax, a in enumerate(spec.axes) if a and a.role != "depth" and a.space in maps
+        ]
         if not grown:
             out.append(leaf)
             continue
@@ -91,8 +93,15 @@ def apply_width(
         key_leaf = jax.random.fold_in(key, j)
         for ax, a in grown:
             x = _grow_axis(
-                x, ax, a.role, maps[a.space], jax.random.fold_in(key_leaf, ax), sd,
-                symmetry, sigma, bandwidth,
+                x,
+                ax,
+                a.role,
+                maps[a.space],
+                jax.random.fold_in(key_leaf, ax),
+                sd,
+                symmetry,
+                sigma,
+                bandwidth,
             )
         out.append(x.astype(leaf.dtype))
     return out

@@ -71,8 +71,9 @@ def model_from_params(family: str, config: Any, params: Any) -> nnx.Module:
     found = fam.spec(config).resolve(params).sizes
     wrong = {s: (sizes[s], found[s]) for s in sizes if found.get(s) != sizes[s]}
     if wrong:
-        raise GrowthError(f"params do not fit the {family} config: space sizes (config, params) "
-                          f"{wrong}")
+        raise GrowthError(
+            f"params do not fit the {family} config: space sizes (config, params) {wrong}"
+        )
     abstract = nnx.eval_shape(lambda: fam.module(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(jax.numpy.asarray, params))

@@ -26,7 +26,9 @@ class MLPConfig:
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
-            raise GrowthError(f"activation {self.activation!r}: expected one of {sorted(ACTIVATIONS)}")
+            raise GrowthError(
+                f"activation {self.activation!r}: expected one of {sorted(ACTIVATIONS)}"
+            )
         if not self.hidden or min(self.hidden) < 1 or self.input_dim < 1 or self.num_classes < 1:
             raise GrowthError(f"MLPConfig {self}: sizes must be positive, with >= 1 hidden layer")
 

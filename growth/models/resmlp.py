@@ -78,20 +78,22 @@ class ResMLP(nnx.Module):
 def spec(config: ResMLPConfig) -> NeuronSpec:
     norm = {"norm": True}
     out = {"residual_out": True}
-    return NeuronSpec({
-        "embed/kernel": ("-", "out:d"),
-        "embed/bias": ("out:d",),
-        "ln_scale": LeafSpec.of(("depth:blocks", "out:d"), **norm),
-        "ln_bias": LeafSpec.of(("depth:blocks", "out:d"), **norm),
-        "w1": ("depth:blocks", "in:d", "out:h"),
-        "b1": ("depth:blocks", "out:h"),
-        "w2": LeafSpec.of(("depth:blocks", "in:h", "out:d"), **out),
-        "b2": LeafSpec.of(("depth:blocks", "out:d"), **out),
-        "final_scale": LeafSpec.of(("out:d",), **norm),
-        "final_bias": LeafSpec.of(("out:d",), **norm),
-        "head/kernel": ("in:d", "-"),
-        "head/bias": ("-",),
-    })
+    return NeuronSpec(
+        {
+            "embed/kernel": ("-", "out:d"),
+            "embed/bias": ("out:d",),
+            "ln_scale": LeafSpec.of(("depth:blocks", "out:d"), **norm),
+            "ln_bias": LeafSpec.of(("depth:blocks", "out:d"), **norm),
+            "w1": ("depth:blocks", "in:d", "out:h"),
+            "b1": ("depth:blocks", "out:h"),
+            "w2": LeafSpec.of(("depth:blocks", "in:h", "out:d"), **out),
+            "b2": LeafSpec.of(("depth:blocks", "out:d"), **out),
+            "final_scale": LeafSpec.of(("out:d",), **norm),
+            "final_bias": LeafSpec.of(("out:d",), **norm),
+            "head/kernel": ("in:d", "-"),
+            "head/bias": ("-",),
+        }
+    )
 
 
 def sizes(config: ResMLPConfig) -> dict[str, int]:
