@@ -1,0 +1,310 @@
+"""Atomic checkpoints: an orbax array store plus JSON metadata.
+
+Layout of a checkpoint directory ``<path>``::
+
+    params/     orbax ``StandardCheckpointer`` save of the parameter pytree (nested dicts)
+    tree.json   exact key structure (int vs str keys) and shape/dtype of every leaf
+    meta.json   caller's JSON metadata (model family, config, training info, ...)
+    COMPLETE    marker written last; a directory without it is rejected by ``load_checkpoint``
+
+Keys: orbax stringifies dict keys on restore, so int keys are saved as ``str(key)`` inside
+``params/`` and the true key types are recorded in ``tree.json``; ``load_checkpoint`` restores
+them, so ``{0: ...}`` round-trips as ``{0: ...}``. A dict holding both ``1`` and ``"1"`` is
+rejected. Leaves are converted with ``np.asarray`` before saving (so no device sharding is
+stored and a GPU checkpoint loads on a CPU-only host); zero-size arrays, which orbax refuses,
+live only in ``tree.json``. Loaded leaves are always **numpy** arrays with the saved dtype
+(bfloat16 via ``ml_dtypes``) and shape; mappings come back as plain ``dict``.
+
+Atomicity: everything is written into a sibling ``<path>.tmp-<random>`` and renamed into place;
+on any error the temporary directory is removed, so an interrupted save never leaves a directory
+at ``<path>`` (at worst a stray ``.tmp-`` sibling after a hard kill, which loading ignores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes  # noqa: F401  (registers bfloat16 & co. with numpy, for dtype names)
+import numpy as np
+import orbax.checkpoint as ocp
+
+from growth.errors import CheckpointError
+
+__all__ = ["save_checkpoint", "load_checkpoint"]
+
+PyTree = Any
+_FORMAT = 1
+_PARAMS, _TREE, _META, _COMPLETE = "params", "tree.json", "meta.json", "COMPLETE"
+_BAD_KINDS = frozenset("OSUMm")  # object, bytes, str, datetime, timedelta
+
+
+def _fmt(keys: tuple) -> str:
+    return "params" + "".join(f"[{k!r}]" for k in keys)
+
+
+def _encode(tree: Any, keys: tuple = ()) -> tuple[Any, Any]:
+    """Split a nested-dict pytree into an orbax tree (str keys, non-empty leaves) and a skeleton.
+
+    Returns:
+        ``(orbax_tree, skeleton)``; ``orbax_tree`` is ``None`` where nothing needs storing.
+        Skeleton: ``{"dict": [[key, child], ...]}`` or ``{"shape": [...], "dtype": str,
+        "stored": bool}`` per leaf.
+    """
+    if isinstance(tree, Mapping):
+        items, out, seen = [], {}, {}
+        for key, child in tree.items():
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise CheckpointError(f"{_fmt(keys)}: dict keys must be str or int, got {key!r}")
+            skey = str(key)
+            if skey in seen:
+                raise CheckpointError(
+                    f"{_fmt(keys)}: keys {seen[skey]!r} and {key!r} collide when stringified"
+                )
+            seen[skey] = key
+            sub, skel = _encode(child, (*keys, key))
+            items.append([key, skel])
+            if sub is not None:
+                out[skey] = sub
+        return (out or None), {"dict": items}
+    if tree is None or isinstance(tree, (list, tuple, str, bytes)):
+        raise CheckpointError(
+            f"{_fmt(keys)}: expected a nested dict of arrays, got {type(tree).__name__}"
+        )
+    try:
+        arr = np.asarray(tree)
+    except Exception as e:
+        raise CheckpointError(
+            f"{_fmt(keys)}: cannot convert {type(tree).__name__} to an array: {e}"
+        ) from e
+    if arr.dtype.kind in _BAD_KINDS or arr.dtype.fields is not None:
+        raise CheckpointError(f"{_fmt(keys)}: unsupported dtype {arr.dtype}")
+    skel = {"shape": list(arr.shape), "dtype": arr.dtype.name, "stored": arr.size > 0}
+    return (arr if arr.size > 0 else None), skel
+
+
+def _decode(skel: Any, stored: Any, keys: tuple = ()) -> Any:
+    """Rebuild the saved pytree from its skeleton and the orbax-restored tree (str keys)."""
+    if not isinstance(skel, dict):
+        raise CheckpointError(f"{_fmt(keys)}: malformed tree.json entry {skel!r}")
+    if "dict" in skel:
+        stored = {} if stored is None else stored
+        if not isinstance(stored, Mapping):
+            raise CheckpointError(f"{_fmt(keys)}: expected a dict in params/, got {type(stored)}")
+        return {k: _decode(child, stored.get(str(k)), (*keys, k)) for k, child in skel["dict"]}
+    shape, dtype = tuple(skel["shape"]), np.dtype(skel["dtype"])
+    if not skel["stored"]:
+        return np.zeros(shape, dtype)
+    if stored is None:
+        raise CheckpointError(f"{_fmt(keys)}: array missing from params/")
+    arr = np.asarray(stored)
+    if arr.shape != shape or arr.dtype != dtype:
+        raise CheckpointError(
+            f"{_fmt(keys)}: params/ holds {arr.dtype}{list(arr.shape)}, "
+            f"tree.json says {dtype}{list(shape)}"
+        )
+    return arr
+
+
+def _check_meta_keys(obj: Any, where: str = "meta") -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"{where}: JSON object keys must be str, got {k!r}")
+            _check_meta_keys(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_meta_keys(v, f"{where}[{i}]")
+
+
+def _dump_meta(meta: dict) -> str:
+    """Serialise ``meta`` (NaN/inf allowed, as Python's json writes them; tuples -> lists)."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"meta must be a dict, got {type(meta).__name__}")
+    _check_meta_keys(meta)
+    try:
+        return json.dumps(meta, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"meta is not JSON-serialisable: {type(e).__name__}: {e}") from e
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _orbax_save(directory: Path, tree: dict) -> None:
+    """Blocking orbax save of ``tree`` (nested str-keyed dicts of numpy arrays) to ``directory``."""
+    options = ocp.options.AsyncOptions(create_directories_asynchronously=False)
+    ckptr = ocp.StandardCheckpointer(async_options=options)
+    try:
+        ckptr.save(directory, tree)
+        ckptr.wait_until_finished()
+    finally:
+        ckptr.close()
+
+
+def _orbax_restore(directory: Path) -> Any:
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(directory)
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """True for a directory we may replace: empty, or holding our checkpoint files."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    names = set(os.listdir(path))
+    return not names or bool(names & {_COMPLETE, _META, _PARAMS})
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Best-effort fsync of a directory so a completed rename survives a crash."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(
+    path: str | os.PathLike, params: PyTree, meta: dict, *, overwrite: bool = False
+) -> Path:
+    """Atomically save ``params`` and ``meta`` as a checkpoint directory at ``path``.
+
+    Args:
+        path: target directory (its parents are created).
+        params: nested mapping (str/int keys) whose leaves are arrays of any shape
+            (numpy, jax, numpy/python scalars).
+        meta: JSON-serialisable dict with str keys.
+        overwrite: replace an existing checkpoint (or empty directory) at ``path``.
+
+    Returns:
+        The absolute checkpoint path.
+
+    Raises:
+        CheckpointError: invalid ``params``/``meta`` (checked before anything is created),
+            ``path`` exists (without ``overwrite``, or is not a checkpoint), or writing failed
+            (wrapping the underlying exception); no directory is left at ``path`` on failure.
+    """
+    target = Path(path).expanduser().absolute()
+    meta_text = _dump_meta(meta)
+    if not isinstance(params, Mapping):
+        raise CheckpointError(f"params must be a nested dict, got {type(params).__name__}")
+    orbax_tree, skeleton = _encode(params)
+    tree_text = json.dumps({"format": _FORMAT, "tree": skeleton})
+    exists = os.path.lexists(target)
+    if exists and not overwrite:
+        raise CheckpointError(f"checkpoint path {target} already exists (pass overwrite=True)")
+    if exists and not _looks_like_checkpoint(target):
+        raise CheckpointError(f"refusing to overwrite {target}: not a checkpoint directory")
+    tmp = target.with_name(f"{target.name}.tmp-{secrets.token_hex(6)}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise CheckpointError(f"cannot create {tmp}: {type(e).__name__}: {e}") from e
+    try:
+        if orbax_tree is None:
+            (tmp / _PARAMS).mkdir()
+        else:
+            _orbax_save(tmp / _PARAMS, orbax_tree)
+        _write_text(tmp / _TREE, tree_text)
+        _write_text(tmp / _META, meta_text)
+        _write_text(tmp / _COMPLETE, f"mfgrow checkpoint format {_FORMAT}\n")
+        if exists:
+            old = target.with_name(f"{target.name}.old-{secrets.token_hex(6)}")
+            os.rename(target, old)
+            try:
+                os.rename(tmp, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
+            _remove(old)
+        else:
+            os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException as e:
+        _remove(tmp)
+        if isinstance(e, Exception) and not isinstance(e, CheckpointError):
+            raise CheckpointError(
+                f"saving checkpoint to {target} failed: {type(e).__name__}: {e}"
+            ) from e
+        raise
+    return target
+
+
+def _read_json(path: Path, ckpt: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} is missing {path.name}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {ckpt}: cannot read {path.name}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[PyTree, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Returns:
+        ``(params, meta)``: ``params`` has the saved nested-dict structure (int keys restored)
+        with numpy-array leaves of the saved shapes and dtypes; ``meta`` is the saved dict.
+
+    Raises:
+        CheckpointError: ``path`` missing / not a directory / incomplete (no ``COMPLETE``),
+            ``meta.json`` or ``tree.json`` missing or invalid, ``params/`` missing, or the orbax
+            restore failed (the message names the path and the underlying error).
+    """
+    ckpt = Path(path).expanduser().absolute()
+    if not os.path.lexists(ckpt):
+        raise CheckpointError(f"checkpoint {ckpt} does not exist")
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint {ckpt} is not a directory")
+    if not (ckpt / _COMPLETE).is_file():
+        raise CheckpointError(
+            f"checkpoint {ckpt} is incomplete (no {_COMPLETE} marker): "
+            "interrupted save or not a checkpoint"
+        )
+    meta = _read_json(ckpt / _META, ckpt)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {ckpt}: {_META} must hold a JSON object")
+    info = _read_json(ckpt / _TREE, ckpt)
+    if not isinstance(info, dict) or info.get("format") != _FORMAT or "tree" not in info:
+        raise CheckpointError(f"checkpoint {ckpt}: {_TREE} has an unknown format")
+    params_dir = ckpt / _PARAMS
+    if not params_dir.is_dir():
+        raise CheckpointError(f"checkpoint {ckpt} is missing its {_PARAMS}/ directory")
+    stored = None
+    if any(True for _ in params_dir.iterdir()):
+        try:
+            stored = _orbax_restore(params_dir)
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {ckpt}: orbax restore of {_PARAMS}/ failed: {type(e).__name__}: {e}"
+            ) from e
+    try:
+        params = _decode(info["tree"], stored)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {ckpt}: {e}") from e
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {ckpt}: {_TREE} is malformed: {type(e).__name__}: {e}"
+        ) from e
+    return params, meta
