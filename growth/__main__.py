@@ -1,0 +1,5 @@
+import sys
+
+from growth.cli import main
+
+sys.exit(main())

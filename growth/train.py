@@ -1,0 +1,176 @@
+"""The optax training loop: jitted steps on pure params, periodic evaluation, a progress bar.
+
+Models are Flax NNX modules; the loop splits them into ``(graphdef, params)`` once and trains the
+pure params, so the same step function serves any family. Learning rates may carry per-leaf
+multipliers (``theory.parametrization``) so that a grown model and a same-size model from
+scratch are trained under the same width-aware rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from growth.data import Dataset, iterate_batches
+from growth.errors import GrowthError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """steps: optimizer steps; lr: peak Adam learning rate (warm-up then cosine decay to 10%)."""
+
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    eval_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise GrowthError(f"train {name}={getattr(self, name)}: must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise GrowthError(f"train lr={self.lr}: must be a positive number")
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise GrowthError("train warmup and weight_decay must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class History:
+    """Test metrics at evaluation steps (step 0 = before any update) and the final train loss."""
+
+    steps: list[int] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy; logits [B, C], labels int [B]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def scale_by_leaf(multipliers: Sequence[float]) -> optax.GradientTransformation:
+    """Multiply each leaf's update by a constant (leaves in tree order)."""
+
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        if len(leaves) != len(multipliers):
+            raise GrowthError(f"{len(multipliers)} LR multipliers for {len(leaves)} leaves")
+        scaled = [u * m for u, m in zip(leaves, multipliers, strict=True)]
+        return jax.tree_util.tree_unflatten(treedef, scaled), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(
+    cfg: TrainConfig, lr_multipliers: Sequence[float] | None = None
+) -> optax.GradientTransformation:
+    """AdamW (decoupled decay) with warm-up + cosine schedule and optional per-leaf multipliers."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps, end_value=cfg.lr * 0.1
+    )
+    parts = [optax.scale_by_adam()]
+    if cfg.weight_decay:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    if lr_multipliers is not None:
+        parts.append(scale_by_leaf(lr_multipliers))
+    parts.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*parts)
+
+
+def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> tuple:
+    """(mean cross-entropy, accuracy) of ``model`` on (x, y)."""
+    graphdef, params = nnx.split(model)
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), batch):
+        lb, cb = _eval_batch(graphdef, params, x[i : i + batch], y[i : i + batch])
+        loss += float(lb)
+        correct += int(cb)
+    return loss / len(x), correct / len(x)
+
+
+@jax.jit
+def _eval_batch(graphdef, params, x, y):
+    logits = nnx.merge(graphdef, params)(x)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return losses.sum(), (logits.argmax(-1) == y).sum()
+
+
+def train(
+    model: nnx.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    lr_multipliers: Sequence[float] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> History:
+    """Train ``model`` in place with AdamW on ``data`` and return its evaluation history."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    opt = make_optimizer(cfg, lr_multipliers)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        def loss_fn(p):
+            return cross_entropy(nnx.merge(graphdef, p, rest)(x), y)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    hist = History()
+
+    def record(k: int) -> None:
+        nnx.update(model, params)
+        loss, acc = evaluate(model, data.x_test, data.y_test)
+        hist.steps.append(k)
+        hist.test_loss.append(loss)
+        hist.test_acc.append(acc)
+
+    record(0)
+    batches = iterate_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed)
+    bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, leave=False)
+    running = []
+    for k in bar:
+        x, y = next(batches)
+        params, opt_state, loss = step(params, opt_state, jnp.asarray(x), jnp.asarray(y))
+        running.append(loss)
+        if k % cfg.eval_every == 0 or k == cfg.steps:
+            train_loss = float(jnp.mean(jnp.stack(running)))
+            running = []
+            if not math.isfinite(train_loss):
+                raise GrowthError(f"{desc}: training diverged at step {k} (loss {train_loss})")
+            hist.train_loss.append(train_loss)
+            record(k)
+            bar.set_postfix(train=f"{train_loss:.3f}", test=f"{hist.test_loss[-1]:.3f}")
+    nnx.update(model, params)
+    return hist
+
+
+def steps_to_target(hist: History, target: float) -> int | None:
+    """First evaluated step whose test loss is <= target (None if never reached)."""
+    for k, loss in zip(hist.steps, hist.test_loss, strict=True):
+        if loss <= target:
+            return k
+    return None

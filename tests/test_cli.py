@@ -1,0 +1,151 @@
+"""End-to-end checks of the `grow` commands (train, grow, verify, demo) and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from growth.checkpoint import load_checkpoint, save_checkpoint
+from growth.cli import main
+from growth.commands import grow_checkpoint, parse_targets, train_model, verify_checkpoint
+from growth.errors import GrowthError
+from growth.models.resmlp import ResMLPConfig
+from growth.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "small"
+    cfg = ResMLPConfig(input_dim=40, width=8, hidden=16, depth=2, num_classes=10)
+    train_model(out, "resmlp", cfg, TrainConfig(steps=60, eval_every=30), progress=False)
+    return out
+
+
+def test_train_grow_verify_roundtrip(small_ckpt, tmp_path):
+    assert (
+        main(
+            [
+                "grow",
+                str(small_ckpt),
+                "--width",
+                "d=x2,h=24",
+                "--depth",
+                "blocks=3",
+                "--out",
+                str(tmp_path / "big"),
+            ]
+        )
+        == 0
+    )
+    params, meta = load_checkpoint(tmp_path / "big")
+    assert meta["config"]["width"] == 16 and meta["config"]["hidden"] == 24
+    assert meta["config"]["depth"] == 3 and params["w1"].shape == (3, 16, 24)
+    res = verify_checkpoint(tmp_path / "big")
+    assert res["claims_function_preserving"] and res["passed"]
+    assert abs(res["zero_shot_gap"]) <= 1e-5 * max(1.0, res["source_test_loss"])
+    assert main(["verify", str(tmp_path / "big")]) == 0
+
+
+def test_verify_reports_sampling_gap(small_ckpt, tmp_path):
+    grow_checkpoint(small_ckpt, tmp_path / "iid", width="x2", depth="", method="iid", seed=3)
+    res = verify_checkpoint(tmp_path / "iid")
+    assert res["claims_function_preserving"] is False and res["passed"] is None
+    assert res["zero_shot_gap"] != 0.0
+
+
+def test_verify_fails_on_tampered_checkpoint(small_ckpt, tmp_path):
+    grow_checkpoint(small_ckpt, tmp_path / "big", width="x2", depth="x2")
+    params, meta = load_checkpoint(tmp_path / "big")
+    params["head"]["bias"] = params["head"]["bias"] + 0.5 * np.arange(10, dtype=np.float32)
+    save_checkpoint(tmp_path / "bad", params, meta)
+    assert verify_checkpoint(tmp_path / "bad")["passed"] is False
+    assert main(["verify", str(tmp_path / "bad")]) == 1
+
+
+@pytest.mark.parametrize(
+    "width, message",
+    [
+        ("x0", "positive"),
+        ("q=3", "unknown space"),
+        ("d=-4", "positive integer"),
+        ("banana", "expected"),
+        ("d=0", "positive integer"),
+    ],
+)
+def test_bad_width_targets(small_ckpt, tmp_path, capsys, width, message):
+    assert main(["grow", str(small_ckpt), "--width", width, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_checkpoints(small_ckpt, tmp_path, capsys):
+    assert main(["grow", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "meta.json").write_text("{not json")
+    assert main(["grow", str(tmp_path / "corrupt"), "--out", str(tmp_path / "o")]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_weights_rejected_without_output(small_ckpt, tmp_path):
+    params, meta = load_checkpoint(small_ckpt)
+    params["w2"] = params["w2"].copy()
+    params["w2"][1, 2, 3] = np.nan
+    save_checkpoint(tmp_path / "nan", params, meta)
+    with pytest.raises(GrowthError, match="'w2' contains NaN"):
+        grow_checkpoint(tmp_path / "nan", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_not_overwritten(small_ckpt, tmp_path):
+    grow_checkpoint(small_ckpt, tmp_path / "big", width="x2", depth="")
+    with pytest.raises(GrowthError, match="exists"):
+        grow_checkpoint(small_ckpt, tmp_path / "big", width="x2", depth="")
+
+
+def test_parse_targets():
+    sizes = {"d": 8, "h": 16}
+    assert parse_targets("x4", sizes, "width") == {"d": 32, "h": 64}
+    assert parse_targets("2x", sizes, "width") == {"d": 16, "h": 32}
+    assert parse_targets("d=12,h=x1.5", sizes, "width") == {"d": 12, "h": 24}
+    assert parse_targets("", sizes, "width") == {}
+    assert parse_targets("5", {"blocks": 2}, "depth") == {"blocks": 5}
+    with pytest.raises(GrowthError, match="unknown space 'z'"):
+        parse_targets("z=3", sizes, "width")
+
+
+def test_module_entry_point_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "growth", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "demo" in out.stdout and "verify" in out.stdout
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "method",
+        "small_test_loss",
+        "grown_test_loss_step0",
+        "zero_shot_gap",
+        "steps_to_target_grown",
+        "steps_to_target_scratch",
+        "speedup",
+    ):
+        assert key in summary
+    assert summary["method"] == "exact"
+    assert abs(summary["zero_shot_gap"]) <= 1e-5 * max(1.0, summary["small_test_loss"])
+    assert summary["growth"]["sizes_after"] == {"d": 64, "h": 128, "blocks": 4}
+    assert (out / "loss_curves.png").stat().st_size > 1000
+    _, meta = load_checkpoint(out / "grown")
+    assert meta["growth"]["function_preserving"] is True
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
