@@ -232,7 +232,16 @@ def _load_mnist1d() -> Dataset:
     return _build_mnist1d(MNIST1DConfig(), _cache_dir())
 
 
-DATASETS: dict[str, Callable[[], Dataset]] = {"mnist1d": _load_mnist1d}
+@functools.cache
+def _load_mnist1d_large() -> Dataset:
+    """MNIST-1D, 60000 train / 4000 test: enough data that the demo's budgets do not overfit."""
+    return _build_mnist1d(MNIST1DConfig(num_samples=64000, n_train=60000), _cache_dir())
+
+
+DATASETS: dict[str, Callable[[], Dataset]] = {
+    "mnist1d": _load_mnist1d,
+    "mnist1d-large": _load_mnist1d_large,
+}
 
 
 def load_dataset(name: str = "mnist1d") -> Dataset:

@@ -17,24 +17,21 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import jax
+import numpy as np
 
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from growth.commands import (  # noqa: E402
+from growth.commands import (
     grow_checkpoint,
     load_model,
     train_model,
     verify_checkpoint,
 )
-from growth.data import load_dataset  # noqa: E402
-from growth.models import get_family, init_model, params_of  # noqa: E402
-from growth.models.resmlp import ResMLPConfig  # noqa: E402
-from growth.train import History, TrainConfig, steps_to_target, train  # noqa: E402
-from theory.parametrization import adam_lr_multipliers  # noqa: E402
+from growth.data import load_dataset
+from growth.methods import get_method
+from growth.models import get_family, init_model, params_of
+from growth.models.resmlp import ResMLPConfig
+from growth.train import History, TrainConfig, steps_to_target, train
+from theory.parametrization import adam_lr_multipliers
 
 
 @dataclass(frozen=True)
@@ -52,6 +49,7 @@ class DemoConfig:
     lr: float = 3e-3
     eval_every: int = 100
     seed: int = 0
+    dataset: str = "mnist1d-large"
 
     @staticmethod
     def quick(**kw) -> DemoConfig:
@@ -63,6 +61,11 @@ def _n_params(tree) -> int:
 
 
 def _plot(path: Path, small: History, grown: History, scratch: History, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     off = small.steps[-1]
     ax.plot(small.steps, small.test_loss, color="0.5", label="small (source)")
@@ -103,17 +106,19 @@ def run_demo(
 
 
 def _run(tmp: Path, cfg: DemoConfig, progress: bool) -> dict:
-    data = load_dataset("mnist1d")
+    data = load_dataset(cfg.dataset)
     small_cfg = ResMLPConfig(data.input_dim, cfg.width, cfg.hidden, cfg.depth, data.num_classes)
     tc = TrainConfig(steps=cfg.small_steps, lr=cfg.lr, eval_every=cfg.eval_every, seed=cfg.seed)
-    _, small_hist = train_model(tmp / "small", "resmlp", small_cfg, tc, progress=progress)
+    _, small_hist = train_model(
+        tmp / "small", "resmlp", small_cfg, tc, dataset=cfg.dataset, progress=progress
+    )
 
     _, report = grow_checkpoint(
         tmp / "small",
         tmp / "grown",
         width=f"x{cfg.width_factor}",
         depth=f"x{cfg.depth_factor}",
-        method=cfg.method,
+        method=get_method(cfg.method, **({} if cfg.sigma is None else {"sigma": cfg.sigma})),
         seed=cfg.seed,
     )
     check = verify_checkpoint(tmp / "grown")
