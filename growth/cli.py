@@ -69,6 +69,14 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(a: argparse.Namespace) -> int:
+    from growth.analyze import analyze_checkpoint, format_report
+
+    res = analyze_checkpoint(a.checkpoint, a.out, draws=a.draws, seed=a.seed)
+    print(format_report(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grow", description="Mean-field zero-shot model growth.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
+
+    an = sub.add_parser("analyze", help="RC tie, negative controls and LLN fits of a checkpoint")
+    an.add_argument("checkpoint")
+    an.add_argument("--out", default=None, help="write analysis.json + analysis.png here")
+    an.add_argument("--draws", type=int, default=8, help="iid growth draws per width")
+    an.add_argument("--seed", type=int, default=0)
+    an.set_defaults(func=_cmd_analyze)
     return p
 
 
