@@ -174,3 +174,23 @@ def steps_to_target(hist: History, target: float) -> int | None:
         if loss <= target:
             return k
     return None
+
+
+def speedup_curve(grown: History, scratch: History) -> list[dict]:
+    """Speed-up at every target the scratch run passes: for each scratch evaluation step t > 0
+    with test loss L(t), the first step at which ``grown`` reaches L(t) (None if never) and the
+    ratio ``t / t_grown`` (with t_grown floored at the first evaluation step, so a grown model
+    that starts below the target gives a lower bound)."""
+    first = next((k for k in grown.steps if k > 0), 1)
+    rows = []
+    for t, loss in zip(scratch.steps[1:], scratch.test_loss[1:], strict=True):
+        tg = steps_to_target(grown, loss)
+        rows.append(
+            {
+                "target": loss,
+                "steps_scratch": t,
+                "steps_grown": tg,
+                "speedup": None if tg is None else t / max(tg, first),
+            }
+        )
+    return rows
