@@ -85,9 +85,11 @@ def depth_map(rule: str, L: int, L_new: int) -> DepthMap:
 
 
 def _mix_axis(x: jax.Array, axis: int, dm: DepthMap, residual_out: bool) -> jax.Array:
-    y = jnp.tensordot(dm.mix, x, axes=([1], [axis]), precision=jax.lax.Precision.HIGHEST)
+    y = jnp.tensordot(
+        dm.mix.astype(x.dtype), x, axes=([1], [axis]), precision=jax.lax.Precision.HIGHEST
+    )
     if residual_out:
-        y = y * dm.out_scale.reshape((-1,) + (1,) * (y.ndim - 1))
+        y = y * dm.out_scale.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
     return jnp.moveaxis(y, 0, axis)
 
 
@@ -108,6 +110,11 @@ def apply_depth(
         x = leaf
         for ax, a in enumerate(spec.axes):
             if a and a.role == "depth" and a.space in maps:
-                x = _mix_axis(x.astype(jnp.float32), ax, maps[a.space], spec.residual_out)
+                x = _mix_axis(
+                    x.astype(jnp.promote_types(x.dtype, jnp.float32)),
+                    ax,
+                    maps[a.space],
+                    spec.residual_out,
+                )
         out.append(x.astype(leaf.dtype))
     return out

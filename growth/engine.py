@@ -22,7 +22,7 @@ from growth.errors import GrowthError
 from growth.methods import Method, get_method
 from growth.spec import NeuronSpec, ResolvedSpec, leaves_with_paths
 from growth.width import apply_width
-from theory.measure import SpaceMap, sample_space
+from theory.measure import SpaceMap, padded_map, pair_map, sample_space
 
 
 @dataclass
@@ -35,6 +35,9 @@ class GrowthReport:
     copies: dict[str, tuple[int, int]] = field(default_factory=dict)  # space -> (min, max) count
     function_preserving: bool = True
     notes: list[str] = field(default_factory=list)
+    # normalised space -> factor the norm's eps must be multiplied by (padded maps: k n / N);
+    # the model family applies it to its config (``growth.models.grown_config``)
+    eps_scale: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +48,8 @@ class GrowthReport:
         for s, n in self.sizes_before.items():
             lo, hi = self.copies.get(s, (1, 1))
             lines.append(f"{s:<16} {n:>7} {self.sizes_after[s]:>7}  {lo}..{hi}")
+        for space, f in self.eps_scale.items():
+            lines.append(f"norm eps over {space!r} times {f:.6g} (padded map)")
         lines.append(f"function preserving: {self.function_preserving}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -74,16 +79,47 @@ def check_finite(params: Any) -> None:
             raise GrowthError(f"leaf {path!r} contains NaN or inf; refusing to grow it")
 
 
+def _space_map(
+    resolved: ResolvedSpec, space: str, N: int, method: Method, key: jax.Array
+) -> tuple[SpaceMap | None, str | None]:
+    """Draw one space's map: on pairs for a paired space, padded for a normalised space whose
+    target is not a multiple of its size (balanced samplers), else ``sample_space``.
+    Returns ``(map or None for the identity, note)``."""
+    n = resolved.sizes[space]
+    if N == n and method.sampler == "balanced":
+        return None, None  # identity map: nothing to do
+    if space in resolved.paired:
+        if N % 2:
+            raise GrowthError(
+                f"width target {space!r}={N}: the space's units are pairs of entries (i, i + n/2) "
+                "(rotary embeddings rotate them together), so the target must be even"
+            )
+        n, N = n // 2, N // 2
+    kind = resolved.pad_kind(space)
+    note = None
+    if kind and method.sampler != "iid" and N > n and N % n:
+        m = padded_map(n, N)
+        k, r = divmod(N, n)
+        note = (
+            f"space {space!r} ({kind}norm) {n} -> {N} = {k}*{n} + {r}: {r} pad slots holding "
+            f"the {'mean' if kind == 'layer' else 'zero'}, gain x sqrt({k * n}/{N}), "
+            f"eps x {k * n}/{N} (LEMON)"
+        )
+    else:
+        m = sample_space(key, n, N, method.sampler, method.scaling)
+    return (pair_map(m) if space in resolved.paired else m), note
+
+
 def _width_maps(
     resolved: ResolvedSpec, targets: dict[str, int], method: Method, key: jax.Array
-) -> tuple[dict[str, SpaceMap], list[str], bool]:
-    maps, notes, exact = {}, [], True
+) -> tuple[dict[str, SpaceMap], list[str], bool, dict[str, float]]:
+    maps, notes, exact, eps = {}, [], True, {}
     normed = resolved.normalized_spaces()
     for space, N in targets.items():
         n = resolved.sizes[space]
-        if N == n and method.sampler == "balanced":
-            continue  # identity map: nothing to do
-        m = sample_space(_space_key(key, space), n, N, method.sampler, method.scaling)
+        m, note = _space_map(resolved, space, N, method, _space_key(key, space))
+        if m is None:
+            continue
         counts = np.asarray(m.counts)
         if method.scaling == "exact" and counts.min() == 0:
             raise GrowthError(
@@ -92,7 +128,10 @@ def _width_maps(
                 "(pruning); use scaling='unbiased' to prune by sampling"
             )
         maps[space] = m
-        mass = np.asarray(jax.ops.segment_sum(m.scale, m.index, num_segments=n))
+        if note:
+            notes.append(note)
+            eps[space] = float(np.mean(~np.asarray(m.pad)))
+        mass = np.asarray(jax.ops.segment_sum(m.scale, m.index, num_segments=counts.shape[0]))
         if not np.allclose(mass, 1.0, rtol=1e-6):
             exact = False
             notes.append(f"space {space!r}: fan-in scales do not sum to 1 per unit (sampling)")
@@ -101,12 +140,13 @@ def _width_maps(
             notes.append(
                 f"space {space!r} is normalised (LayerNorm/RMSNorm) and its units get unequal "
                 f"copy counts {counts.min()}..{counts.max()}: the norm statistics change; use a "
-                f"target that is a multiple of {n} for exact growth"
+                f"target that is a multiple of {n}, or name the norm kind in the spec "
+                "(norm='layer-gain', ...) so that the engine can pad"
             )
     if maps and (method.bandwidth > 0 or method.symmetry == "noise" and method.sigma > 0):
         exact = False
         notes.append("kernel smoothing / additive noise changes the function by design")
-    return maps, notes, exact
+    return maps, notes, exact, eps
 
 
 @dataclass(frozen=True)
@@ -144,7 +184,7 @@ def plan_growth(
     key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
     k_maps, k_apply = jax.random.split(key)
 
-    maps, notes, exact = _width_maps(resolved, width, method, k_maps)
+    maps, notes, exact, eps = _width_maps(resolved, width, method, k_maps)
     dmaps: dict[str, DepthMap] = {}
     for stack, L_new in depth.items():
         L = resolved.sizes[stack]
@@ -155,7 +195,9 @@ def plan_growth(
                 notes.append(f"depth rule {method.depth!r} on {stack!r} is approximate")
     after = dict(resolved.sizes) | width | depth
     copies = {s: (int(m.counts.min()), int(m.counts.max())) for s, m in maps.items()}
-    report = GrowthReport(method.to_dict(), dict(resolved.sizes), after, copies, exact, notes)
+    report = GrowthReport(
+        method.to_dict(), dict(resolved.sizes), after, copies, exact, notes, eps_scale=eps
+    )
     return GrowthPlan(resolved, method, maps, dmaps, k_apply, report)
 
 

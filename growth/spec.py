@@ -15,6 +15,17 @@ through an index map ``g: [N] -> [n]`` the roles are
 Axes are written as short strings: ``"out:h1"``, ``"in:h1"``, ``"depth:blocks"`` or ``"-"`` for
 a fixed axis. A spec maps leaf-path patterns (``fnmatch`` globs over ``"a/b/0/kernel"``) to leaf
 specs; every leaf must be matched by exactly one pattern and every pattern must match a leaf.
+
+Two space-level facts complete a spec:
+
+- *normalised* spaces: a leaf flagged ``norm`` is the gain or bias of a LayerNorm/RMSNorm taken
+  over its ``out`` space. With a known kind (``"layer-gain"``, ``"layer-bias"``, ``"rms-gain"``)
+  the engine can grow such a space exactly to any width (LEMON's padding, see
+  ``theory.measure.padded_map``); a bare ``norm=True`` only marks the space (statistics kept for
+  equal copy counts only).
+- *paired* spaces (``NeuronSpec(..., paired=["hd"])``): the units are the pairs of entries
+  ``(i, i + n/2)`` (rotary embeddings in the rotate-half layout rotate each such pair), so a map
+  is drawn on the n/2 pairs and applied to both halves.
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from growth.errors import SpecError
 
 Role = Literal["in", "out", "depth"]
 ROLES: tuple[str, ...] = ("in", "out", "depth")
+#: ``LeafSpec.norm`` values naming the normalisation kind and the part of it a leaf holds.
+NORM_PARTS: tuple[str, ...] = ("layer-gain", "layer-bias", "rms-gain")
 
 
 @dataclass(frozen=True)
@@ -65,23 +78,64 @@ class LeafSpec:
     bias): depth rules scale it per new block (zero for ``identity``, ``1/k`` for
     ``duplicate``). ``norm`` marks the gain or bias of a normalisation (LayerNorm, RMSNorm)
     taken over the leaf's ``out`` space: such a space keeps its statistics only under maps with
-    equal counts, which the growth report checks.
+    equal counts, which the growth report checks. ``norm`` may name the kind and part
+    (:data:`NORM_PARTS`: ``"layer-gain"``, ``"layer-bias"``, ``"rms-gain"``); when every norm
+    leaf of a space does, the engine grows that space exactly to non-multiple widths by padding.
     """
 
     axes: tuple[Axis | None, ...]
     residual_out: bool = False
-    norm: bool = False
+    norm: bool | str = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.norm, bool) and self.norm not in NORM_PARTS:
+            raise SpecError(f"leaf norm={self.norm!r}: expected True/False or one of {NORM_PARTS}")
 
     @staticmethod
     def of(
-        axes: Sequence[str | Axis | None], *, residual_out: bool = False, norm: bool = False
+        axes: Sequence[str | Axis | None],
+        *,
+        residual_out: bool = False,
+        norm: bool | str = False,
     ) -> LeafSpec:
         return LeafSpec(tuple(parse_axis(a) for a in axes), residual_out, norm)
 
+    @property
+    def norm_kind(self) -> str | None:
+        """``"layer"`` / ``"rms"`` for a norm leaf with a named kind, else None."""
+        return self.norm.split("-")[0] if isinstance(self.norm, str) else None
+
+    @property
+    def norm_part(self) -> str | None:
+        """``"gain"`` / ``"bias"`` for a norm leaf with a named kind, else None."""
+        return self.norm.split("-")[1] if isinstance(self.norm, str) else None
+
     def __str__(self) -> str:
         text = ", ".join("-" if a is None else str(a) for a in self.axes)
-        flags = [f for f, on in (("residual-out", self.residual_out), ("norm", self.norm)) if on]
+        norm = self.norm if isinstance(self.norm, str) else "norm"
+        flags = [f for f, on in (("residual-out", self.residual_out), (norm, self.norm)) if on]
         return f"({text})" + "".join(f" {f}" for f in flags)
+
+
+def norm_kinds(leaves: Sequence[LeafSpec]) -> dict[str, frozenset[str | None]]:
+    """For each normalised space, the set of norm kinds of its norm leaves.
+
+    A set ``{"layer"}`` or ``{"rms"}`` means the space can be padded exactly; ``None`` in the set
+    marks a leaf flagged with a bare ``norm=True`` (kind unknown).
+    """
+    kinds: dict[str, set[str | None]] = {}
+    for s in leaves:
+        if s.norm:
+            for a in s.axes:
+                if a and a.role == "out":
+                    kinds.setdefault(a.space, set()).add(s.norm_kind)
+    return {space: frozenset(k) for space, k in kinds.items()}
+
+
+def pad_kind(leaves: Sequence[LeafSpec], space: str) -> str | None:
+    """The norm kind (``"layer"``/``"rms"``) of ``space`` if it can be padded, else None."""
+    kinds = norm_kinds(leaves).get(space, frozenset())
+    return next(iter(kinds)) if len(kinds) == 1 and None not in kinds else None
 
 
 def path_str(path: Sequence[Any]) -> str:
@@ -110,6 +164,7 @@ class ResolvedSpec:
     paths: tuple[str, ...]
     leaves: tuple[LeafSpec, ...]
     sizes: Mapping[str, int]  # space -> size (width spaces and depth stacks alike)
+    paired: frozenset[str] = frozenset()  # spaces whose units are pairs (i, i + n/2)
 
     def width_spaces(self) -> list[str]:
         return sorted({a.space for s in self.leaves for a in s.axes if a and a.role != "depth"})
@@ -120,6 +175,10 @@ class ResolvedSpec:
     def normalized_spaces(self) -> set[str]:
         """Spaces over which some normalisation (a ``norm`` leaf's out axis) is taken."""
         return {a.space for s in self.leaves if s.norm for a in s.axes if a and a.role == "out"}
+
+    def pad_kind(self, space: str) -> str | None:
+        """Norm kind of ``space`` when it can be grown exactly by padding (see :func:`pad_kind`)."""
+        return pad_kind(self.leaves, space)
 
     def table(self) -> str:
         """A readable table of spaces, sizes and the leaves that use them."""
@@ -143,9 +202,16 @@ class NeuronSpec:
 
     >>> spec = NeuronSpec({"layers/0/kernel": ("-", "out:h1"), "layers/0/bias": ("out:h1",),
     ...                    "layers/1/kernel": ("in:h1", "-"), "layers/1/bias": ("-",)})
+
+    paired: width spaces whose units are the entry pairs ``(i, i + n/2)`` (rotary head_dim).
     """
 
-    def __init__(self, leaves: Mapping[str, LeafSpec | Sequence[str | Axis | None]]):
+    def __init__(
+        self,
+        leaves: Mapping[str, LeafSpec | Sequence[str | Axis | None]],
+        *,
+        paired: Sequence[str] = (),
+    ):
         self.patterns: dict[str, LeafSpec] = {
             pattern: s if isinstance(s, LeafSpec) else LeafSpec.of(s)
             for pattern, s in leaves.items()
@@ -161,10 +227,17 @@ class NeuronSpec:
                         f"spec entry {pattern!r}: space {a.space!r} is used both as a width space "
                         "and as a depth stack"
                     )
+        for space in paired:
+            if spaces.get(space) != "width":
+                raise SpecError(
+                    f"paired space {space!r}: not a width space of the spec {sorted(spaces)}"
+                )
+        self.paired = frozenset(paired)
 
     def __repr__(self) -> str:
         body = ", ".join(f"{p!r}: {s}" for p, s in self.patterns.items())
-        return f"NeuronSpec({{{body}}})"
+        paired = f", paired={sorted(self.paired)}" if self.paired else ""
+        return f"NeuronSpec({{{body}}}{paired})"
 
     def resolve(self, params: Any) -> ResolvedSpec:
         """Match the spec against ``params``; raise SpecError on any mismatch.
@@ -209,4 +282,10 @@ class NeuronSpec:
         unused = [p for p in self.patterns if p not in used]
         if unused:
             raise SpecError(f"spec patterns match no leaf of the params: {unused}")
-        return ResolvedSpec(tuple(p for p, _ in named), tuple(specs), sizes)
+        for space in sorted(self.paired):
+            if sizes[space] % 2:
+                raise SpecError(
+                    f"paired space {space!r} has odd size {sizes[space]} at {where[space]}: its "
+                    "units are the entry pairs (i, i + n/2), so the size must be even"
+                )
+        return ResolvedSpec(tuple(p for p, _ in named), tuple(specs), sizes, self.paired)

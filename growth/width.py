@@ -11,6 +11,19 @@ For a leaf axis in space S with map ``g`` and fan-in scales ``s`` (see ``theory.
 
 ``sd`` is the standard deviation of the source leaf's entries, so ``sigma`` and the smoothing
 bandwidth ``h`` are relative sizes.
+
+Padded maps (``theory.measure.padded_map``, a normalised space grown to ``N = k n + r``) add r pad
+slots. With ``f = k n / N`` and the space's norm kind (from the ``norm`` leaves):
+
+- ``out`` axis of a norm gain: ``new = sqrt(f) old[g]``, pads get the mean gain (any value works);
+- ``out`` axis of a norm bias: ``new = old[g]``, pads 0;
+- any other ``out`` axis (the writers of the space, e.g. residual-branch outputs, embeddings):
+  pads get the mean over the units along that axis (LayerNorm) or 0 (RMSNorm), so the padded
+  slots of the normalised vector hold its mean (its zero) -- linear, hence kept by every sum
+  of writers;
+- ``in`` axis: pads read the normalised vector where it is exactly 0, so their weights do not
+  change the function: 0 without symmetry breaking, ``sigma sd z mean(s)`` with it (so the pads
+  are not a dead saddle: with all-zero pad weights an RMSNorm pad never gets a gradient).
 """
 
 from __future__ import annotations
@@ -21,7 +34,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from growth.spec import LeafSpec
+from growth.errors import GrowthError
+from growth.spec import LeafSpec, pad_kind
 from theory.measure import SpaceMap, zero_sum_noise
 
 SYMMETRY = ("none", "zero-sum", "noise")
@@ -34,6 +48,24 @@ def _along(v: jax.Array, ndim: int, axis: int) -> jax.Array:
     return v.reshape(shape)
 
 
+def _mean_real(x: jax.Array, axis: int, pad: jax.Array) -> jax.Array:
+    """Mean of x along ``axis`` over the non-pad slots (keepdims)."""
+    real = _along(~pad, x.ndim, axis)
+    return jnp.sum(jnp.where(real, x, 0.0), axis, keepdims=True) / jnp.sum(~pad).astype(x.dtype)
+
+
+def _fill_pads(
+    x: jax.Array, axis: int, role: str, pad: jax.Array, kind: str, part: str | None
+) -> jax.Array:
+    """Set the pad slots of a gathered axis (see the module docstring); scale norm gains."""
+    at = _along(pad, x.ndim, axis)
+    if role == "in" or part == "bias" or (part is None and kind == "rms"):
+        return jnp.where(at, 0.0, x)
+    if part == "gain":
+        x = x * jnp.sqrt(jnp.mean(~pad, dtype=x.dtype))
+    return jnp.where(at, _mean_real(x, axis, pad), x)
+
+
 def _grow_axis(
     x: jax.Array,
     axis: int,
@@ -44,21 +76,35 @@ def _grow_axis(
     symmetry: str,
     sigma: float,
     bandwidth: float,
+    kind: str | None = None,
+    part: str | None = None,
 ) -> jax.Array:
-    """Grow one axis of one leaf (float32 in, float32 out)."""
+    """Grow one axis of one leaf (in the compute dtype: float32, or float64 for float64 leaves).
+
+    kind: norm kind of the space (needed for padded maps); part: the leaf's norm part.
+    """
     k_smooth, k_sym = jax.random.split(key)
     x = jnp.take(x, m.index, axis=axis)
+    if m.pad is not None:
+        x = _fill_pads(x, axis, role, m.pad, kind, part)
     if bandwidth > 0:
         x = x + bandwidth * sd * jax.random.normal(k_smooth, x.shape, x.dtype)
     if role != "in":
         return x
     if symmetry == "zero-sum" and sigma > 0:
         moved = jnp.moveaxis(x, axis, 0).shape
-        xi = zero_sum_noise(k_sym, moved, m.index, m.counts.shape[0])
+        n = m.counts.shape[0]
+        groups = m.index if m.pad is None else jnp.where(m.pad, n, m.index)  # pads: own group
+        xi = zero_sum_noise(k_sym, moved, groups, n + (m.pad is not None), x.dtype)
         x = x + sigma * sd * jnp.moveaxis(xi, 0, axis)
     elif symmetry == "noise" and sigma > 0:
         x = x + sigma * sd * jax.random.normal(k_sym, x.shape, x.dtype)
-    return x * _along(m.scale, x.ndim, axis)
+    x = x * _along(m.scale.astype(x.dtype), x.ndim, axis)
+    if m.pad is not None and symmetry != "none" and sigma > 0:
+        s_bar = (jnp.sum(m.scale) / jnp.sum(~m.pad)).astype(x.dtype)
+        z = jax.random.normal(jax.random.fold_in(k_sym, 1), x.shape, x.dtype)
+        x = x + jnp.where(_along(m.pad, x.ndim, axis), sigma * sd * s_bar * z, 0.0)
+    return x
 
 
 @partial(jax.jit, static_argnames=("leaf_specs", "symmetry", "sigma", "bandwidth"))
@@ -76,10 +122,19 @@ def apply_width(
 
     leaves: arrays in tree order, ``leaves[j]`` described by ``leaf_specs[j]``.
     maps: space -> SpaceMap (spaces absent from ``maps`` keep their size).
-    Returns the new leaves, each with its source dtype.
+    Computes in float32 (float64 for float64 leaves); returns each leaf in its source dtype.
     """
     if symmetry not in SYMMETRY:
         raise ValueError(f"symmetry {symmetry!r}: expected one of {SYMMETRY}")
+    kinds = {}
+    for space, m in maps.items():
+        if m.pad is not None:
+            kinds[space] = pad_kind(leaf_specs, space)
+            if kinds[space] is None:
+                raise GrowthError(
+                    f"space {space!r}: a padded map needs one named norm kind on the space's "
+                    "norm leaves (LeafSpec norm='layer-gain'/'layer-bias'/'rms-gain')"
+                )
     out = []
     for j, (leaf, spec) in enumerate(zip(leaves, leaf_specs, strict=True)):
         grown = [
@@ -88,7 +143,7 @@ def apply_width(
         if not grown:
             out.append(leaf)
             continue
-        x = leaf.astype(jnp.float32)
+        x = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
         sd = jnp.std(x)
         key_leaf = jax.random.fold_in(key, j)
         for ax, a in grown:
@@ -102,6 +157,8 @@ def apply_width(
                 symmetry,
                 sigma,
                 bandwidth,
+                kinds.get(a.space),
+                spec.norm_part,
             )
         out.append(x.astype(leaf.dtype))
     return out

@@ -6,18 +6,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 from flax import nnx
 
 from growth.errors import GrowthError
-from growth.models import mlp, resmlp
+from growth.models import decoder, mlp, resmlp
 from growth.spec import NeuronSpec
+
+if TYPE_CHECKING:
+    from growth.engine import GrowthPlan
 
 
 class Family(NamedTuple):
-    """A model family: config class, module class, spec and resize rule."""
+    """A model family: config class, module class, spec and resize rule.
+
+    ``resize(config, sizes)`` gives a model of new sizes with the same hyper-parameters;
+    ``grown(config, plan)`` (optional; default: ``resize`` to the plan's sizes) gives the config
+    of the model a growth plan produces, for families whose config holds more than sizes that
+    growth must change (norm eps after padding, a tied readout's multiplier, rotary
+    frequencies). Use :func:`grown_config`.
+    """
 
     name: str
     config: type
@@ -25,12 +35,22 @@ class Family(NamedTuple):
     spec: Callable[[Any], NeuronSpec]
     sizes: Callable[[Any], dict[str, int]]
     resize: Callable[[Any, Mapping[str, int]], Any]
+    grown: Callable[[Any, GrowthPlan], Any] | None = None
 
 
 FAMILIES: dict[str, Family] = {
     "mlp": Family("mlp", mlp.MLPConfig, mlp.MLP, mlp.spec, mlp.sizes, mlp.resize),
     "resmlp": Family(
         "resmlp", resmlp.ResMLPConfig, resmlp.ResMLP, resmlp.spec, resmlp.sizes, resmlp.resize
+    ),
+    "decoder": Family(
+        "decoder",
+        decoder.DecoderConfig,
+        decoder.Decoder,
+        decoder.spec,
+        decoder.sizes,
+        decoder.resize,
+        decoder.grown,
     ),
 }
 
@@ -39,6 +59,14 @@ def get_family(name: str) -> Family:
     if name not in FAMILIES:
         raise GrowthError(f"model family {name!r}: expected one of {sorted(FAMILIES)}")
     return FAMILIES[name]
+
+
+def grown_config(family: str | Family, config: Any, plan: GrowthPlan) -> Any:
+    """Config of the model that ``plan`` (``growth.plan_growth``) grows from a ``config`` model."""
+    fam = get_family(family) if isinstance(family, str) else family
+    if fam.grown is not None:
+        return fam.grown(config, plan)
+    return fam.resize(config, plan.report.sizes_after)
 
 
 def config_from_dict(family: str, config: Mapping[str, Any]) -> Any:
