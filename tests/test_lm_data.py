@@ -77,3 +77,19 @@ def test_bad_arguments() -> None:
         next(lm_batches(np.zeros(10, np.uint8), 2, 16, 0))
     with pytest.raises(GrowthError, match="n >= 1"):
         eval_windows(np.zeros(10, np.uint8), 4, 0)
+
+
+def test_lm_demo_end_to_end(tmp_path) -> None:
+    from growth.lm_demo import run_lm_demo
+
+    s = run_lm_demo(
+        tmp_path / "lm", quick=True, small_steps=12, steps=12, eval_every=6, eval_windows=8,
+        batch=4, seq_len=16, corpus_bytes=CAP,
+    )  # fmt: skip
+    keys = ("method", "small_test_loss", "grown_test_loss_step0", "zero_shot_gap",
+            "steps_to_target_grown", "steps_to_target_scratch", "speedup")  # fmt: skip
+    assert all(k in s for k in keys)
+    assert abs(s["zero_shot_gap"]) <= 1e-5 * max(1.0, s["small_test_loss"])
+    assert s["growth"]["function_preserving"] and s["max_rel_logit_error"] < 1e-4
+    assert (tmp_path / "lm" / "loss_curves.png").stat().st_size > 0
+    assert (tmp_path / "lm" / "grown" / "COMPLETE").exists()
