@@ -13,8 +13,10 @@ name              sampler     scaling    symmetry    depth        guarantee
 ``net2net-noise`` balanced    exact      noise       identity     O(sigma) change
 ================  ==========  =========  ==========  ===========  ===============================
 
-(*) for spaces under a LayerNorm/RMSNorm only when every unit has the same copy count (the target
-is a multiple of the source width); the growth report says so when it is not.
+(*) for spaces under a LayerNorm/RMSNorm: exact for multiples of the source width, and for any
+larger width when the spec names the norm kind (``norm="layer-gain"`` ...): balanced samplers then
+use LEMON's padded map (``theory.measure.padded_map``) and the report gives the eps factor. With a
+bare ``norm=True`` flag unequal copy counts change the norm statistics; the report says so.
 """
 
 from __future__ import annotations
