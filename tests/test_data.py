@@ -104,7 +104,7 @@ def test_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_unknown_dataset_name() -> None:
     with pytest.raises(GrowthError, match="'cifar'.*mnist1d"):
         load_dataset("cifar")
-    assert set(DATASETS) == {"mnist1d"}
+    assert set(DATASETS) == {"mnist1d", "mnist1d-large"}
 
 
 def _take(it, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
