@@ -73,9 +73,8 @@ def _check_targets(kind: str, targets: Mapping[str, Any], known: list[str]) -> d
 def check_finite(params: Any) -> None:
     """Raise GrowthError naming the first leaf that holds NaN or inf."""
     for path, leaf in leaves_with_paths(params):
-        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact) and not bool(
-            jnp.all(jnp.isfinite(leaf))
-        ):
+        x = np.asarray(leaf)
+        if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
             raise GrowthError(f"leaf {path!r} contains NaN or inf; refusing to grow it")
 
 
@@ -131,7 +130,8 @@ def _width_maps(
         if note:
             notes.append(note)
             eps[space] = float(np.mean(~np.asarray(m.pad)))
-        mass = np.asarray(jax.ops.segment_sum(m.scale, m.index, num_segments=counts.shape[0]))
+        # pad slots have scale 0, so they add no mass
+        mass = np.bincount(np.asarray(m.index), np.asarray(m.scale), minlength=counts.shape[0])
         if not np.allclose(mass, 1.0, rtol=1e-6):
             exact = False
             notes.append(f"space {space!r}: fan-in scales do not sum to 1 per unit (sampling)")
@@ -194,7 +194,7 @@ def plan_growth(
                 exact = False
                 notes.append(f"depth rule {method.depth!r} on {stack!r} is approximate")
     after = dict(resolved.sizes) | width | depth
-    copies = {s: (int(m.counts.min()), int(m.counts.max())) for s, m in maps.items()}
+    copies = {s: (int(np.min(m.counts)), int(np.max(m.counts))) for s, m in maps.items()}
     report = GrowthReport(
         method.to_dict(), dict(resolved.sizes), after, copies, exact, notes, eps_scale=eps
     )

@@ -25,6 +25,7 @@ All functions are pure and jit-friendly; sizes are static Python ints.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -84,6 +85,7 @@ def fan_in_scale(index: jax.Array, counts: jax.Array, scaling: str) -> jax.Array
     raise ValueError(f"scaling {scaling!r}: expected one of {SCALINGS}")
 
 
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def sample_space(key: jax.Array, n: int, N: int, sampler: str, scaling: str) -> SpaceMap:
     """Draw the index map, counts and fan-in scales that grow (or prune) a space n -> N.
 
