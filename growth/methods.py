@@ -9,9 +9,15 @@ name              sampler     scaling    symmetry    depth        guarantee
 ``exact``         balanced    exact      zero-sum    identity     function kept exactly (*)
 ``copy``          balanced    exact      none        identity     exact; copies stay identical
 ``iid``           iid         unbiased   none        duplicate    unbiased per layer, O(1/N) var
-``smoothed``      smoothed    exact      none        duplicate    O(h) change, symmetry broken
+``smoothed``      smoothed    exact      none        duplicate    O(h^2) change, symmetry broken
 ``net2net-noise`` balanced    exact      noise       identity     O(sigma) change
+``rc``            smoothed    exact      none        identity     O(h^2) change, new features
 ================  ==========  =========  ==========  ===========  ===============================
+
+``smoothed`` perturbs the copies' fan-out slices (their features) with antithetic kernel noise
+(centred within each group of copies), so unlike ``exact`` the copies start as different
+features while the function moves only at second order in the bandwidth h (the fan-in slices
+are copied and scaled exactly). ``rc`` is that with identity-initialised new blocks.
 
 (*) for spaces under a LayerNorm/RMSNorm: exact for multiples of the source width, and for any
 larger width when the spec names the norm kind (``norm="layer-gain"`` ...): balanced samplers then
@@ -86,6 +92,7 @@ METHODS: dict[str, Method] = {
         name="smoothed",
     ),
     "net2net-noise": Method(symmetry="noise", sigma=0.01, name="net2net-noise"),
+    "rc": Method(sampler="smoothed", symmetry="none", sigma=0.0, bandwidth=0.1, name="rc"),
 }
 
 

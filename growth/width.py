@@ -2,7 +2,11 @@
 
 For a leaf axis in space S with map ``g`` and fan-in scales ``s`` (see ``theory.measure``):
 
-- ``out`` axis:  ``new[i] = old[g(i)]`` (+ ``h sd zeta`` when the space is kernel-smoothed);
+- ``out`` axis:  ``new[i] = old[g(i)]`` (+ ``h sd zeta`` when the space is kernel-smoothed,
+  ``zeta`` centred within each group of copies: an *antithetic* Gaussian kernel on the units'
+  features, so the copies' mean feature is the source unit's and, with equal fan-in weights on
+  the copies, the function moves only at second order, O(h^2); zero-sum fan-in noise on top adds
+  a first-order cross term ``sigma h`` whose mean over draws is zero);
 - ``in`` axis:   ``new[..., i] = s_i (old[..., g(i)] + sigma sd xi[..., i])`` where ``xi`` is the
   symmetry-breaking noise: zero for ``none``; centred within each group of copies for
   ``zero-sum`` (so ``sum_{i: g(i)=k} s_i xi[..., i] = 0`` whenever the copies of a unit share
@@ -66,6 +70,16 @@ def _fill_pads(
     return jnp.where(at, _mean_real(x, axis, pad), x)
 
 
+def _centred_noise(key: jax.Array, x: jax.Array, axis: int, m: SpaceMap) -> jax.Array:
+    """Standard normal noise like ``x``, centred along ``axis`` within each group of copies
+    (``theory.measure.zero_sum_noise``); pad slots form a group of their own."""
+    n = m.counts.shape[0]
+    groups = m.index if m.pad is None else jnp.where(m.pad, n, m.index)
+    moved = jnp.moveaxis(x, axis, 0).shape
+    xi = zero_sum_noise(key, moved, groups, n + (m.pad is not None), x.dtype)
+    return jnp.moveaxis(xi, 0, axis)
+
+
 def _grow_axis(
     x: jax.Array,
     axis: int,
@@ -87,16 +101,12 @@ def _grow_axis(
     x = jnp.take(x, m.index, axis=axis)
     if m.pad is not None:
         x = _fill_pads(x, axis, role, m.pad, kind, part)
-    if bandwidth > 0:
-        x = x + bandwidth * sd * jax.random.normal(k_smooth, x.shape, x.dtype)
     if role != "in":
+        if bandwidth > 0:
+            x = x + bandwidth * sd * _centred_noise(k_smooth, x, axis, m)
         return x
     if symmetry == "zero-sum" and sigma > 0:
-        moved = jnp.moveaxis(x, axis, 0).shape
-        n = m.counts.shape[0]
-        groups = m.index if m.pad is None else jnp.where(m.pad, n, m.index)  # pads: own group
-        xi = zero_sum_noise(k_sym, moved, groups, n + (m.pad is not None), x.dtype)
-        x = x + sigma * sd * jnp.moveaxis(xi, 0, axis)
+        x = x + sigma * sd * _centred_noise(k_sym, x, axis, m)
     elif symmetry == "noise" and sigma > 0:
         x = x + sigma * sd * jax.random.normal(k_sym, x.shape, x.dtype)
     x = x * _along(m.scale.astype(x.dtype), x.ndim, axis)
