@@ -17,13 +17,14 @@ import numpy as np
 
 from growth.checkpoint import load_checkpoint, save_checkpoint
 from growth.data import load_dataset
-from growth.engine import GrowthReport, grow
+from growth.engine import GrowthReport, apply_plan, plan_growth
 from growth.errors import GrowthError
 from growth.methods import Method
 from growth.models import (
     config_from_dict,
     config_to_dict,
     get_family,
+    grown_config,
     init_model,
     model_from_params,
     params_of,
@@ -150,8 +151,9 @@ def grow_checkpoint(
     d = depth if isinstance(depth, Mapping) else parse_targets(depth, stacks, "depth")
     if d and not stacks:
         raise GrowthError(f"depth {depth!r}: the {meta['family']} model has no depth stack")
-    grown, report = grow(params, fam.spec(config), width=w, depth=d, method=method, key=seed)
-    new_config = fam.resize(config, report.sizes_after)
+    plan = plan_growth(params, fam.spec(config), width=w, depth=d, method=method, key=seed)
+    grown, report = apply_plan(plan, params), plan.report
+    new_config = grown_config(fam, config, plan)
     model_from_params(meta["family"], new_config, grown)  # must build before anything is written
     new_meta = {
         "family": meta["family"],

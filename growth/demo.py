@@ -129,8 +129,7 @@ def _run(tmp: Path, cfg: DemoConfig, progress: bool) -> dict:
     check = verify_checkpoint(tmp / "grown")
 
     fam = get_family("resmlp")
-    big_cfg = fam.resize(small_cfg, report.sizes_after)
-    grown_model, grown_meta, _ = load_model(tmp / "grown")
+    grown_model, grown_meta, big_cfg = load_model(tmp / "grown")
     scratch_model = init_model("resmlp", big_cfg, seed=cfg.seed + 1)
     base = grown_meta["base_sizes"]
     resolved = fam.spec(big_cfg).resolve(params_of(scratch_model))

@@ -90,10 +90,10 @@ def make_optimizer(
         0.0, cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps, end_value=cfg.lr * 0.1
     )
     parts = [optax.scale_by_adam()]
-    if cfg.weight_decay:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
     if lr_multipliers is not None:
         parts.append(scale_by_leaf(lr_multipliers))
+    if cfg.weight_decay:  # decoupled and after the width multipliers: decay is not rescaled
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts)
 
