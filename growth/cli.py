@@ -62,10 +62,16 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from growth.demo import DemoConfig, format_summary, run_demo
 
     kw = {"method": a.method, "seed": a.seed}
-    cfg = DemoConfig.quick(**kw) if a.quick else DemoConfig(**kw)
-    summary = run_demo(a.out, cfg, progress=not a.no_progress)
+    if a.task == "lm":
+        from growth.lm_demo import LMDemoConfig, run_lm_demo
+
+        cfg = LMDemoConfig.quick(**kw) if a.quick else LMDemoConfig(**kw)
+        summary = run_lm_demo(a.out or "runs/lm_demo", cfg=cfg)
+    else:
+        cfg = DemoConfig.quick(**kw) if a.quick else DemoConfig(**kw)
+        summary = run_demo(a.out or "runs/demo", cfg, progress=not a.no_progress)
     print(format_summary(summary))
-    print(f"wrote {summary['out']}/summary.json, loss_curves.png, small/, grown/")
+    print(f"wrote {summary['out']}/summary.json, loss_curves.png, grown/")
     return 0
 
 
@@ -75,6 +81,20 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
     res = analyze_checkpoint(a.checkpoint, a.out, draws=a.draws, seed=a.seed)
     print(format_report(res))
     return 0
+
+
+def _cmd_track(a: argparse.Namespace) -> int:
+    from growth.track import format_track, track_checkpoint
+
+    kw = {} if a.lr is None else {"lr": a.lr}
+    res = track_checkpoint(
+        a.checkpoint, steps=a.steps, optimizer=a.optimizer, width=a.width, eps=a.eps, **kw
+    )
+    print(format_track(res))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0 if res["passed"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_verify)
 
     d = sub.add_parser("demo", help="train small -> grow -> grown vs scratch")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument(
+        "--task",
+        choices=["mnist1d", "lm"],
+        default="mnist1d",
+        help="mnist1d: residual MLP classifier; lm: GPT-style decoder on stdlib bytes",
+    )
+    d.add_argument("--out", default=None, help="default runs/demo (runs/lm_demo for --task lm)")
     d.add_argument("--quick", action="store_true", help="small budget (~2 min on 2 cores)")
     d.add_argument("--method", default="exact")
     d.add_argument("--seed", type=int, default=0)
@@ -126,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--draws", type=int, default=8, help="iid growth draws per width")
     an.add_argument("--seed", type=int, default=0)
     an.set_defaults(func=_cmd_analyze)
+
+    tr = sub.add_parser("track", help="grown (copy) vs source training trajectories + controls")
+    tr.add_argument("checkpoint")
+    tr.add_argument("--steps", type=int, default=100)
+    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
+    tr.add_argument("--width", default="x2", help="'x2', or 'h1=x2,h2=48' per space")
+    tr.add_argument("--lr", type=float, default=None, help="default: 0.05 (sgd), 1e-3 (adam)")
+    tr.add_argument("--eps", type=float, default=1e-5, help="Adam epsilon")
+    tr.add_argument("--json", default=None, help="write the full result here")
+    tr.set_defaults(func=_cmd_track)
     return p
 
 

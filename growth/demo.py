@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,11 +62,51 @@ class DemoConfig:
         return DemoConfig(**({"small_steps": 1000, "steps": 1000, "eval_every": 50} | kw))
 
 
-def _n_params(tree) -> int:
+def n_params(tree) -> int:
+    """Number of scalars in a params pytree."""
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def _plot(path: Path, small: History, grown: History, scratch: History, target: float) -> None:
+def compare_runs(small: History, grown: History, scratch: History, *, small_cost: float) -> dict:
+    """The grown-vs-scratch summary keys shared by every demo.
+
+    small_cost: the small model's training cost in large-model steps (its steps times its
+    parameter count over the large model's), charged to the grown model in
+    ``speedup_charging_small_model``.
+    """
+    target = scratch.test_loss[-1]
+    curve = speedup_curve(grown, scratch)
+    s_grown = steps_to_target(grown, target)
+    s_scratch = steps_to_target(scratch, target)
+    first = next((k for k in grown.steps if k > 0), 1)
+    charged = None if s_grown is None else s_grown + small_cost
+    return {
+        "small_test_loss": small.test_loss[-1],
+        "grown_test_loss_step0": grown.test_loss[0],
+        "zero_shot_gap": grown.test_loss[0] - small.test_loss[-1],
+        "target_test_loss": target,
+        "steps_to_target_grown": s_grown,
+        "steps_to_target_scratch": s_scratch,
+        "speedup": None if s_grown is None else s_scratch / max(s_grown, first),
+        "speedup_charging_small_model": (s_scratch / charged) if charged else None,
+        "speedup_curve": curve,
+        "best_speedup": max((r["speedup"] for r in curve if r["speedup"]), default=None),
+        "final_test_loss_grown": grown.test_loss[-1],
+        "final_test_loss_scratch": target,
+        "final_test_acc_grown": grown.test_acc[-1],
+        "final_test_acc_scratch": scratch.test_acc[-1],
+        "curves": {
+            "small": small.to_dict(),
+            "grown": grown.to_dict(),
+            "scratch": scratch.to_dict(),
+        },
+    }
+
+
+def plot_curves(
+    path: Path, small: History, grown: History, scratch: History, *, ylabel: str, title: str = ""
+) -> None:
+    """Test-loss curves of the small source, the grown model and scratch on one step axis."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless
@@ -76,30 +117,26 @@ def _plot(path: Path, small: History, grown: History, scratch: History, target: 
     ax.plot(small.steps, small.test_loss, color="0.5", label="small (source)")
     ax.plot([off + s for s in grown.steps], grown.test_loss, label="grown")
     ax.plot([off + s for s in scratch.steps], scratch.test_loss, label="scratch (same size)")
-    ax.axhline(target, color="k", ls=":", lw=1, label="target = scratch final")
+    ax.axhline(scratch.test_loss[-1], color="k", ls=":", lw=1, label="target = scratch final")
     ax.axvline(off, color="0.7", lw=0.8)
     ax.set_xlabel("optimizer step (large models start where the small one stops)")
-    ax.set_ylabel("test cross-entropy")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def run_demo(
-    out: str | os.PathLike = "runs/demo", cfg: DemoConfig | None = None, *, progress: bool = True
-) -> dict:
-    """Run the whole demo; write ``summary.json``, ``loss_curves.png`` and checkpoints to ``out``.
-
-    Everything is written to a temporary sibling directory first and moved into place at the
-    end, so a failed run leaves no partial ``out``.
-    """
-    cfg = cfg or DemoConfig()
+def write_run_dir(out: str | os.PathLike, build: Callable[[Path], dict]) -> dict:
+    """Call ``build(tmp)`` on a temporary sibling of ``out`` and move it into place when it
+    succeeds (replacing an older run), so a failed run leaves no partial ``out``."""
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     try:
-        summary = _run(tmp, cfg, progress)
+        summary = build(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -108,6 +145,15 @@ def run_demo(
         raise
     summary["out"] = str(out)
     return summary
+
+
+def run_demo(
+    out: str | os.PathLike = "runs/demo", cfg: DemoConfig | None = None, *, progress: bool = True
+) -> dict:
+    """Run the whole demo; write ``summary.json``, ``loss_curves.png`` and checkpoints to ``out``
+    (atomically, see :func:`write_run_dir`)."""
+    cfg = cfg or DemoConfig()
+    return write_run_dir(out, lambda tmp: _run(tmp, cfg, progress))
 
 
 def _run(tmp: Path, cfg: DemoConfig, progress: bool) -> dict:
@@ -142,43 +188,26 @@ def _run(tmp: Path, cfg: DemoConfig, progress: bool) -> dict:
         scratch_model, data, tc_big, lr_multipliers=mults, desc="scratch", progress=progress
     )
 
-    target = scratch_hist.test_loss[-1]
-    curve = speedup_curve(grown_hist, scratch_hist)
-    s_grown = steps_to_target(grown_hist, target)
-    s_scratch = steps_to_target(scratch_hist, target)
-    ratio = _n_params(params_of(init_model("resmlp", small_cfg))) / _n_params(
-        params_of(scratch_model)
-    )
-    charged = None if s_grown is None else s_grown + cfg.small_steps * ratio
+    cost = cfg.small_steps * n_params(params_of(init_model("resmlp", small_cfg)))
     summary = {
         "method": cfg.method,
         "small_config": small_cfg.__dict__,
         "grown_config": big_cfg.__dict__,
         "growth": report.to_dict(),
-        "small_test_loss": check["source_test_loss"],
-        "grown_test_loss_step0": check["grown_test_loss"],
-        "zero_shot_gap": check["zero_shot_gap"],
+        **compare_runs(
+            small_hist,
+            grown_hist,
+            scratch_hist,
+            small_cost=cost / n_params(params_of(scratch_model)),
+        ),
         "max_rel_logit_error": check["max_rel_logit_error"],
-        "target_test_loss": target,
-        "steps_to_target_grown": s_grown,
-        "steps_to_target_scratch": s_scratch,
-        "speedup": None if s_grown is None else s_scratch / max(s_grown, cfg.eval_every),
-        "speedup_charging_small_model": (s_scratch / charged) if charged else None,
-        "speedup_curve": curve,
-        "best_speedup": max((r["speedup"] for r in curve if r["speedup"]), default=None),
-        "final_test_loss_grown": grown_hist.test_loss[-1],
-        "final_test_loss_scratch": target,
-        "final_test_acc_grown": grown_hist.test_acc[-1],
-        "final_test_acc_scratch": scratch_hist.test_acc[-1],
+        "verify": check,
         "demo_config": cfg.__dict__,
-        "curves": {
-            "small": small_hist.to_dict(),
-            "grown": grown_hist.to_dict(),
-            "scratch": scratch_hist.to_dict(),
-        },
     }
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    _plot(tmp / "loss_curves.png", small_hist, grown_hist, scratch_hist, target)
+    plot_curves(
+        tmp / "loss_curves.png", small_hist, grown_hist, scratch_hist, ylabel="test cross-entropy"
+    )
     return summary
 
 

@@ -17,29 +17,25 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from growth.checkpoint import save_checkpoint  # noqa: E402
-from growth.engine import apply_plan, plan_growth  # noqa: E402
-from growth.lm_data import eval_windows, lm_batches, load_corpus  # noqa: E402
-from growth.models import (  # noqa: E402
+from growth.checkpoint import save_checkpoint
+from growth.demo import compare_runs, n_params, plot_curves, write_run_dir
+from growth.engine import apply_plan, plan_growth
+from growth.lm_data import eval_windows, lm_batches, load_corpus
+from growth.models import (
     config_to_dict,
     get_family,
     grown_config,
     model_from_params,
     params_of,
 )
-from growth.models.decoder import Decoder, DecoderConfig  # noqa: E402
-from growth.train import History, TrainConfig, make_optimizer, steps_to_target  # noqa: E402
-from theory.parametrization import adam_lr_multipliers  # noqa: E402
+from growth.models.decoder import Decoder, DecoderConfig
+from growth.train import History, TrainConfig, cross_entropy, fit
+from theory.parametrization import adam_lr_multipliers
 
 
 @dataclass(frozen=True)
@@ -98,13 +94,15 @@ class LMDemoConfig:
         )
 
 
-def _loss_fn(graphdef: Any, rest: Any):
-    def loss(params: Any, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logits = nnx.merge(graphdef, params, rest)(w[:, :-1])
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, w[:, 1:])
-        return ce.mean(), (logits.argmax(-1) == w[:, 1:]).mean()
+def next_byte_loss(model: Decoder, w: jax.Array) -> jax.Array:
+    """Mean next-byte cross-entropy of ``model`` on windows w [B, T+1] (nats/byte)."""
+    return cross_entropy(model(w[:, :-1]), w[:, 1:])
 
-    return loss
+
+@jax.jit
+def _eval_windows(graphdef: Any, state: Any, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits = nnx.merge(graphdef, state)(w[:, :-1])
+    return cross_entropy(logits, w[:, 1:]), (logits.argmax(-1) == w[:, 1:]).mean()
 
 
 def train_lm(
@@ -115,68 +113,32 @@ def train_lm(
     *,
     seed: int,
     lr_multipliers: tuple[float, ...] | None = None,
+    desc: str = "lm",
 ) -> History:
-    """Train ``model`` in place with the project's AdamW (warm-up + cosine) on stdlib bytes;
+    """Train ``model`` in place with the project's loop (``growth.train.fit``) on stdlib bytes;
     evaluate the held-out windows ``test`` every ``eval_every`` steps (step 0 included)."""
     corpus = load_corpus(cfg.corpus_bytes)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tc = TrainConfig(
         steps=steps, batch_size=cfg.batch, lr=cfg.lr, warmup=cfg.warmup,
         eval_every=cfg.eval_every, seed=seed,
     )  # fmt: skip
-    opt = make_optimizer(tc, lr_multipliers)
-    opt_state = opt.init(params)
-    loss = _loss_fn(graphdef, rest)
+    windows = jnp.asarray(test)
 
-    @jax.jit
-    def step(params, opt_state, w):
-        (value, _), grads = jax.value_and_grad(loss, has_aux=True)(params, w)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
+    def evaluate(m: Decoder) -> tuple[float, float]:
+        loss, acc = _eval_windows(*nnx.split(m), windows)
+        return float(loss), float(acc)
 
-    evaluate = jax.jit(loss)
-    test = jnp.asarray(test)
-    hist = History()
-
-    def record(k: int) -> None:
-        value, acc = evaluate(params, test)
-        hist.steps.append(k)
-        hist.test_loss.append(float(value))
-        hist.test_acc.append(float(acc))
-
-    record(0)
-    batches = lm_batches(corpus.train, cfg.batch, cfg.seq_len, seed)
-    running = []
-    for k in range(1, steps + 1):
-        params, opt_state, value = step(params, opt_state, jnp.asarray(next(batches)))
-        running.append(value)
-        if k % cfg.eval_every == 0 or k == steps:
-            hist.train_loss.append(float(jnp.mean(jnp.stack(running))))
-            running = []
-            record(k)
-    nnx.update(model, params)
-    return hist
-
-
-def _plot(path: Path, small: History, grown: History, scratch: History, target: float) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    off = small.steps[-1]
-    ax.plot(small.steps, small.test_loss, color="0.5", label="small (source)")
-    ax.plot([off + s for s in grown.steps], grown.test_loss, label="grown")
-    ax.plot([off + s for s in scratch.steps], scratch.test_loss, label="scratch (same size)")
-    ax.axhline(target, color="k", ls=":", lw=1, label="target = scratch final")
-    ax.axvline(off, color="0.7", lw=0.8)
-    ax.set_xlabel("optimizer step (large models start where the small one stops)")
-    ax.set_ylabel("held-out cross-entropy (nats/byte)")
-    ax.set_title("decoder on stdlib bytes")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _n_params(tree: Any) -> int:
-    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
+    batches = ((b,) for b in lm_batches(corpus.train, cfg.batch, cfg.seq_len, seed))
+    return fit(
+        model,
+        batches,
+        next_byte_loss,
+        evaluate,
+        tc,
+        lr_multipliers=lr_multipliers,
+        desc=desc,
+        progress=False,
+    )
 
 
 def run_lm_demo(
@@ -186,12 +148,14 @@ def run_lm_demo(
     **overrides: Any,
 ) -> dict:
     """Run the LM demo; write ``summary.json``, ``loss_curves.png`` and ``grown/`` (checkpoint)
-    under ``out_dir``; return the summary (keys as in ``growth.demo``)."""
+    under ``out_dir`` (atomically); return the summary (keys as in ``growth.demo``)."""
     cfg = cfg or (LMDemoConfig.quick() if quick else LMDemoConfig())
     cfg = replace(cfg, **overrides) if overrides else cfg
+    return write_run_dir(out_dir, lambda tmp: _run(tmp, cfg))
+
+
+def _run(out: Path, cfg: LMDemoConfig) -> dict:
     t0 = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(cfg.corpus_bytes)
     test = eval_windows(corpus.test, cfg.seq_len, cfg.eval_windows)
     fam = get_family("decoder")
@@ -221,18 +185,12 @@ def run_lm_demo(
     grown_hist = train_lm(grown, cfg, cfg.steps, test, seed=seed_big, lr_multipliers=mults)
     scratch_hist = train_lm(scratch, cfg, cfg.steps, test, seed=seed_big, lr_multipliers=mults)
 
-    target = scratch_hist.test_loss[-1]
-    s_grown = steps_to_target(grown_hist, target)
-    s_scratch = steps_to_target(scratch_hist, target)
-    ratio = _n_params(p_small) / _n_params(p_grown)
-    charged = None if s_grown is None else s_grown + cfg.small_steps * ratio
-    small_loss, grown0 = small_hist.test_loss[-1], grown_hist.test_loss[0]
+    small_cost = cfg.small_steps * n_params(p_small) / n_params(p_grown)
     save_checkpoint(
         out / "grown",
         params_of(grown),
         {"family": "decoder", "config": config_to_dict(big_cfg), "dataset": "stdlib-bytes",
          "growth": plan.report.to_dict(), "test_loss": grown_hist.test_loss[-1]},
-        overwrite=True,
     )  # fmt: skip
     summary = {
         "method": cfg.method,
@@ -241,32 +199,18 @@ def run_lm_demo(
         "small_config": config_to_dict(small_cfg),
         "grown_config": config_to_dict(big_cfg),
         "growth": plan.report.to_dict(),
-        "small_test_loss": small_loss,
-        "grown_test_loss_step0": grown0,
-        "zero_shot_gap": grown0 - small_loss,
+        **compare_runs(small_hist, grown_hist, scratch_hist, small_cost=small_cost),
         "max_rel_logit_error": logit_err,
-        "target_test_loss": target,
-        "steps_to_target_grown": s_grown,
-        "steps_to_target_scratch": s_scratch,
-        "speedup": (s_scratch / max(s_grown, 1)) if s_grown is not None else None,
-        "speedup_charging_small_model": (s_scratch / charged) if charged else None,
-        "final_test_loss_grown": grown_hist.test_loss[-1],
-        "final_test_loss_scratch": target,
-        "final_test_acc_grown": grown_hist.test_acc[-1],
-        "final_test_acc_scratch": scratch_hist.test_acc[-1],
-        "params_small": _n_params(p_small),
-        "params_grown": _n_params(p_grown),
+        "params_small": n_params(p_small),
+        "params_grown": n_params(p_grown),
         "seconds": time.time() - t0,
         "demo_config": asdict(cfg),
-        "curves": {
-            "small": small_hist.to_dict(),
-            "grown": grown_hist.to_dict(),
-            "scratch": scratch_hist.to_dict(),
-        },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _plot(out / "loss_curves.png", small_hist, grown_hist, scratch_hist, target)
-    summary["out"] = str(out)
+    plot_curves(
+        out / "loss_curves.png", small_hist, grown_hist, scratch_hist,
+        ylabel="held-out cross-entropy (nats/byte)", title="decoder on stdlib bytes",
+    )  # fmt: skip
     return summary
 
 

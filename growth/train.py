@@ -9,7 +9,7 @@ scratch are trained under the same width-aware rule.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import jax
@@ -116,26 +116,33 @@ def _eval_batch(graphdef, params, x, y):
     return losses.sum(), (logits.argmax(-1) == y).sum()
 
 
-def train(
+def fit(
     model: nnx.Module,
-    data: Dataset,
+    batches: Iterator[tuple],
+    loss_fn: Callable[..., jax.Array],
+    evaluate_fn: Callable[[nnx.Module], tuple[float, float]],
     cfg: TrainConfig,
     *,
     lr_multipliers: Sequence[float] | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> History:
-    """Train ``model`` in place with AdamW on ``data`` and return its evaluation history."""
+    """Train ``model`` in place with AdamW; the task-independent loop.
+
+    batches: yields tuples of arrays; ``loss_fn(model, *batch)`` is the (traced) mean loss;
+    ``evaluate_fn(model) -> (test loss, test accuracy)`` runs at step 0 and every
+    ``cfg.eval_every`` steps. Raises GrowthError if the training loss becomes non-finite.
+    """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt = make_optimizer(cfg, lr_multipliers)
     opt_state = opt.init(params)
 
     @jax.jit
-    def step(params, opt_state, x, y):
-        def loss_fn(p):
-            return cross_entropy(nnx.merge(graphdef, p, rest)(x), y)
+    def step(params, opt_state, *batch):
+        def objective(p):
+            return loss_fn(nnx.merge(graphdef, p, rest), *batch)
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        loss, grads = jax.value_and_grad(objective)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -143,18 +150,17 @@ def train(
 
     def record(k: int) -> None:
         nnx.update(model, params)
-        loss, acc = evaluate(model, data.x_test, data.y_test)
+        loss, acc = evaluate_fn(model)
         hist.steps.append(k)
-        hist.test_loss.append(loss)
-        hist.test_acc.append(acc)
+        hist.test_loss.append(float(loss))
+        hist.test_acc.append(float(acc))
 
     record(0)
-    batches = iterate_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed)
     bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, leave=False)
     running = []
     for k in bar:
-        x, y = next(batches)
-        params, opt_state, loss = step(params, opt_state, jnp.asarray(x), jnp.asarray(y))
+        batch = tuple(jnp.asarray(b) for b in next(batches))
+        params, opt_state, loss = step(params, opt_state, *batch)
         running.append(loss)
         if k % cfg.eval_every == 0 or k == cfg.steps:
             train_loss = float(jnp.mean(jnp.stack(running)))
@@ -166,6 +172,28 @@ def train(
             bar.set_postfix(train=f"{train_loss:.3f}", test=f"{hist.test_loss[-1]:.3f}")
     nnx.update(model, params)
     return hist
+
+
+def train(
+    model: nnx.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    lr_multipliers: Sequence[float] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> History:
+    """Train a classifier in place on ``data`` (cross-entropy) and return its history."""
+    return fit(
+        model,
+        iterate_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed),
+        lambda m, x, y: cross_entropy(m(x), y),
+        lambda m: evaluate(m, data.x_test, data.y_test),
+        cfg,
+        lr_multipliers=lr_multipliers,
+        desc=desc,
+        progress=progress,
+    )
 
 
 def steps_to_target(hist: History, target: float) -> int | None:
