@@ -1,0 +1,251 @@
+"""Training tracking (DESIGN 2.7, theory notes (d) P3 / (f) T8): a balanced-grown copy of a model,
+trained side by side with its source on identical batches, follows the source's loss curve
+exactly -- under the right width rules -- and visibly drifts away under the wrong ones.
+
+Growth by method ``copy`` (balanced index maps, exact ``1/c`` fan-in scaling, no symmetry
+breaking) maps every leaf as ``w' = V * w[g]`` and every gradient as ``grad' = G * grad[g]``
+(``V``: product of the leaf's fan-in scales, ``G``: of its fan-out scales; ``growth.optstate``).
+The copies stay copies under a deterministic optimizer, and ``w'(t) = V * w(t)[g]`` holds for
+all t iff the grown leaf's update is ``V`` times the source's:
+
+- SGD: ``lr' = lr * V / G = lr * r_out / r_in`` (mean-field / muP SGD rule);
+- Adam: ``lr' = lr * V = lr / r_in`` (muP Adam) and ``eps' = eps * G = eps / r_out``;
+- weight decay decoupled and applied after the LR multiplier: ``-lr * wd * w'``.
+
+Rules (:data:`RULES`): ``right`` (all of the above) and the negative controls ``global-lr``
+(one learning rate for every leaf, the SP habit), ``unscaled-eps`` (Adam eps not divided by the
+copy count) and ``coupled-wd`` (L2 decay added to the gradient before the optimizer, as in
+``optax.adam`` + ``add_decayed_weights`` or torch's ``Adam(weight_decay=...)``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from growth.commands import load_model, parse_targets
+from growth.data import Dataset, iterate_batches, load_dataset
+from growth.engine import apply_plan, plan_growth
+from growth.errors import GrowthError
+from growth.models import get_family, grown_config, model_from_params, params_of
+from growth.optstate import scale_by_adam
+from growth.spec import ResolvedSpec
+from growth.train import cross_entropy, scale_by_leaf
+from theory.parametrization import adam_eps_multipliers, lr_multipliers
+
+__all__ = ["CONTROLS", "RULES", "track", "track_checkpoint", "width_aware_optimizer"]
+
+RULES: tuple[str, ...] = ("right", "global-lr", "unscaled-eps", "coupled-wd")
+#: negative controls that apply to each optimizer
+CONTROLS: dict[str, tuple[str, ...]] = {
+    "sgd": ("global-lr", "coupled-wd"),
+    "adam": ("global-lr", "unscaled-eps", "coupled-wd"),
+}
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
+
+
+def width_aware_optimizer(
+    params: Any,
+    resolved: ResolvedSpec,
+    base_sizes: Mapping[str, int],
+    lr: float | optax.Schedule,
+    *,
+    optimizer: str = "adam",
+    parametrization: str = "mup",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    rule: str = "right",
+) -> optax.GradientTransformation:
+    """SGD or Adam(W) with the per-leaf width rules of ``parametrization``, relative to
+    ``base_sizes`` (``resolved``: the spec matched to ``params``, the params to be trained).
+
+    Chain: [coupled decay] -> ``scale_by_adam`` with per-leaf eps factors
+    (:func:`theory.parametrization.adam_eps_multipliers`; ``growth.optstate.scale_by_adam``) ->
+    per-leaf LR factors (:func:`theory.parametrization.lr_multipliers`;
+    ``growth.train.scale_by_leaf``) -> [decoupled decay] -> ``-lr``. With ``base_sizes`` equal to
+    the current sizes every factor is 1 (plain SGD / AdamW). ``rule`` selects a negative control
+    (:data:`RULES`). The state structure is the same for every rule.
+    """
+    if optimizer not in CONTROLS:
+        raise GrowthError(f"optimizer {optimizer!r}: expected 'sgd' or 'adam'")
+    if rule not in RULES:
+        raise GrowthError(f"rule {rule!r}: expected one of {RULES}")
+    treedef = jax.tree_util.tree_structure(params)
+    n = len(resolved.leaves)
+    mults = (
+        (1.0,) * n
+        if rule == "global-lr"
+        else lr_multipliers(resolved, base_sizes, parametrization, optimizer)
+    )
+    parts = []
+    if weight_decay and rule == "coupled-wd":
+        parts.append(optax.add_decayed_weights(weight_decay))
+    if optimizer == "adam":
+        eps_f = (1.0,) * n if rule == "unscaled-eps" else adam_eps_multipliers(resolved, base_sizes)
+        parts.append(scale_by_adam(b1, b2, eps, jax.tree_util.tree_unflatten(treedef, eps_f)))
+    parts.append(scale_by_leaf(mults))
+    if weight_decay and rule != "coupled-wd":
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.scale_by_learning_rate(lr))
+    return optax.chain(*parts)
+
+
+def _stepper(family: str, config: Any, opt: optax.GradientTransformation):
+    def loss_fn(p: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+        return cross_entropy(model_from_params(family, config, p)(x), y)
+
+    @jax.jit
+    def step(p: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple:
+        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+        updates, state = opt.update(grads, state, p)
+        return optax.apply_updates(p, updates), state, loss
+
+    return step
+
+
+def track(
+    params: Any,
+    family: str,
+    config: Any,
+    data: Dataset,
+    *,
+    width: str | Mapping[str, int] = "x2",
+    steps: int = 100,
+    optimizer: str = "adam",
+    rules: Sequence[str] | None = None,
+    lr: float | None = None,
+    eps: float = 1e-5,
+    weight_decay: float = 1e-2,
+    batch_size: int = 64,
+    parametrization: str = "mf",
+    seed: int = 0,
+) -> dict:
+    """Train ``params`` (a ``family``/``config`` model) and its ``copy``-grown version side by
+    side for ``steps`` steps on the same batches of ``data``; one grown run per rule.
+
+    rules: default ``("right", *CONTROLS[optimizer])``. parametrization: whose LR factors the
+    ``right`` rule uses; ``"mf"`` (SGD ``r_out / r_in``) tracks for any per-space factors,
+    ``"mup"`` (hidden SGD factor 1) only when ``r_in = r_out``; both give muP-Adam.
+    eps: Adam's epsilon; the default 1e-5 is large enough for the ``unscaled-eps`` control to
+    show (its effect is ~ ``eps / sqrt(nu)``: at eps = 1e-8 and gradients ~1e-2 it stays near
+    float32 rounding). weight_decay: decoupled decay of the right rule (> 0 so that
+    ``coupled-wd`` differs from it).
+
+    Returns a JSON-able dict with ``gaps[rule] = max_t |L'_t - L_t| / |L_t|`` over the per-step
+    training losses ``L_t`` (source) and ``L'_t`` (grown; each evaluated on the step's batch
+    before its update), the loss curves, sizes and settings.
+    """
+    if steps < 1:
+        raise GrowthError(f"steps={steps}: must be >= 1")
+    if optimizer not in CONTROLS:
+        raise GrowthError(f"optimizer {optimizer!r}: expected 'sgd' or 'adam'")
+    rules = tuple(rules) if rules is not None else ("right", *CONTROLS[optimizer])
+    for r in rules:
+        if r not in RULES:
+            raise GrowthError(f"rule {r!r}: expected one of {RULES}")
+    lr = DEFAULT_LR[optimizer] if lr is None else lr
+    fam = get_family(family)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    spec = fam.spec(config)
+    resolved = spec.resolve(params)
+    spaces = {s: resolved.sizes[s] for s in resolved.width_spaces()}
+    targets = width if isinstance(width, Mapping) else parse_targets(width, spaces, "width")
+    plan = plan_growth(params, spec, width=targets, method="copy")
+    if not plan.report.function_preserving:
+        raise GrowthError(f"width {width!r}: balanced growth is not exact here ({plan.report})")
+    big = apply_plan(plan, params)
+    big_cfg = grown_config(fam, config, plan)
+    big_resolved = spec.resolve(big)
+    base = dict(resolved.sizes)
+    kw = {"optimizer": optimizer, "parametrization": parametrization, "eps": eps}
+    kw["weight_decay"] = weight_decay
+
+    batches = iterate_batches(data.x_train, data.y_train, batch_size, seed)
+    batches = [tuple(jnp.asarray(b) for b in next(batches)) for _ in range(steps)]
+
+    def run(p: Any, cfg: Any, res: ResolvedSpec, rule: str) -> np.ndarray:
+        opt = width_aware_optimizer(p, res, base, lr, rule=rule, **kw)
+        step, state, losses = _stepper(family, cfg, opt), opt.init(p), []
+        for x, y in batches:
+            p, state, loss = step(p, state, x, y)
+            losses.append(loss)
+        return np.asarray(jnp.stack(losses), np.float64)
+
+    ref = run(params, config, resolved, "right")
+    if not np.all(np.isfinite(ref)):
+        raise GrowthError(f"source training diverged (lr={lr}); lower the learning rate")
+    out: dict[str, Any] = {
+        "family": family,
+        "optimizer": optimizer,
+        "parametrization": parametrization,
+        "steps": steps,
+        "lr": lr,
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "batch_size": batch_size,
+        "sizes_before": dict(plan.report.sizes_before),
+        "sizes_after": dict(plan.report.sizes_after),
+        "source_loss": ref.tolist(),
+        "gaps": {},
+        "grown_loss": {},
+    }
+    for rule in rules:
+        got = run(big, big_cfg, big_resolved, rule)
+        gap = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-12)
+        out["gaps"][rule] = float(np.nanmax(gap)) if np.all(np.isfinite(got)) else float("inf")
+        out["grown_loss"][rule] = got.tolist()
+    return out
+
+
+def track_checkpoint(
+    path: str | os.PathLike,
+    *,
+    steps: int = 100,
+    optimizer: str = "adam",
+    width: str | Mapping[str, int] = "x2",
+    tol: float = 1e-6,
+    **kwargs: Any,
+) -> dict:
+    """:func:`track` on the checkpoint at ``path`` (its dataset from the checkpoint's meta).
+
+    Adds ``passed``: the right rule's gap is ``<= tol`` and every control's gap is ``> 10 tol``
+    (the controls visibly diverge). Extra keyword arguments go to :func:`track`.
+    """
+    model, meta, config = load_model(path)
+    data = load_dataset(meta.get("dataset", "mnist1d"))
+    res = track(
+        params_of(model), meta["family"], config, data, width=width, steps=steps,
+        optimizer=optimizer, **kwargs,
+    )  # fmt: skip
+    res["checkpoint"] = str(path)
+    gaps = res["gaps"]
+    right_ok = gaps.get("right", 0.0) <= tol
+    controls_ok = all(v > 10 * tol for k, v in gaps.items() if k != "right")
+    res["tol"] = tol
+    res["passed"] = bool(right_ok and controls_ok)
+    return res
+
+
+def format_track(res: dict) -> str:
+    """Readable summary of a :func:`track` / :func:`track_checkpoint` result."""
+    lines = [
+        f"{res['family']} {res['sizes_before']} -> {res['sizes_after']} (copy growth), "
+        f"{res['optimizer']} lr={res['lr']} eps={res['eps']} wd={res['weight_decay']}, "
+        f"{res['steps']} steps on identical batches",
+        f"source loss {res['source_loss'][0]:.4f} -> {res['source_loss'][-1]:.4f}",
+        f"{'rule':<14} max relative loss gap",
+    ]
+    for rule, gap in res["gaps"].items():
+        tag = "" if rule == "right" else "  (negative control)"
+        lines.append(f"{rule:<14} {gap:.3e}{tag}")
+    if "passed" in res:
+        lines.append(f"passed: {res['passed']} (right <= {res['tol']:g}, controls > 10x that)")
+    return "\n".join(lines)
