@@ -97,20 +97,6 @@ def _cmd_track(a: argparse.Namespace) -> int:
     return 0 if res["passed"] else 1
 
 
-def _cmd_track(a: argparse.Namespace) -> int:
-    from growth.track import format_track, track_checkpoint
-
-    kw = {} if a.lr is None else {"lr": a.lr}
-    res = track_checkpoint(
-        a.checkpoint, steps=a.steps, optimizer=a.optimizer, width=a.width, eps=a.eps, **kw
-    )
-    print(format_track(res))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
-    return 0 if res["passed"] else 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grow", description="Mean-field zero-shot model growth.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,16 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--draws", type=int, default=8, help="iid growth draws per width")
     an.add_argument("--seed", type=int, default=0)
     an.set_defaults(func=_cmd_analyze)
-
-    tr = sub.add_parser("track", help="grown (copy) vs source training trajectories + controls")
-    tr.add_argument("checkpoint")
-    tr.add_argument("--steps", type=int, default=100)
-    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
-    tr.add_argument("--width", default="x2", help="'x2', or 'h1=x2,h2=48' per space")
-    tr.add_argument("--lr", type=float, default=None, help="default: 0.05 (sgd), 1e-3 (adam)")
-    tr.add_argument("--eps", type=float, default=1e-5, help="Adam epsilon")
-    tr.add_argument("--json", default=None, help="write the full result here")
-    tr.set_defaults(func=_cmd_track)
 
     tr = sub.add_parser("track", help="grown (copy) vs source training trajectories + controls")
     tr.add_argument("checkpoint")
