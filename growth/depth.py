@@ -17,6 +17,11 @@ where ``out`` are the leaves marked ``residual_out`` (the branch's output projec
   interpolate the two source blocks around it (source block l sits at ``(l + 1/2)/L``, clamped at
   the ends); every output is scaled by ``L/L'``. Also shrinks (L' < L).
 - ``stack``: the whole stack repeated (G_stack, Du et al., NeurIPS 2024), no rescaling.
+- ``linear-fit``: TLEG (Xia et al., AAAI 2024): least-squares fit of a linear depth profile
+  ``theta(t) = A + t B`` to the source blocks (at ``t_l = (l + 1/2)/L``), evaluated at the new
+  depths ``t'_m = (m + 1/2)/L'``; a linear map, so it is a mixing matrix
+  ``mix = [1, t'] pinv([1, t])``; outputs scaled by ``L/L'``. Exact on the profile when the
+  source blocks are linear in depth. L' = L: identity (no growth); L = 1: the constant profile.
 
 Counts ``c_l`` are balanced: ``floor(L'/L)`` or ``ceil(L'/L)``, extras to the earliest blocks.
 """
@@ -33,8 +38,9 @@ import numpy as np
 
 from growth.errors import GrowthError
 from growth.spec import LeafSpec
+from growth.width import constrain
 
-DEPTH_RULES = ("identity", "duplicate", "interpolate", "stack")
+DEPTH_RULES = ("identity", "duplicate", "interpolate", "stack", "linear-fit")
 
 
 class DepthMap(NamedTuple):
@@ -55,7 +61,7 @@ def depth_map(rule: str, L: int, L_new: int) -> DepthMap:
         raise GrowthError(f"depth rule {rule!r}: expected one of {DEPTH_RULES}")
     if L < 1 or L_new < 1:
         raise GrowthError(f"depth: need at least one block before and after, got {L} -> {L_new}")
-    if L_new < L and rule != "interpolate":
+    if L_new < L and rule not in ("interpolate", "linear-fit"):
         raise GrowthError(
             f"depth rule {rule!r} cannot shrink {L} -> {L_new} blocks; use 'interpolate'"
         )
@@ -73,6 +79,17 @@ def depth_map(rule: str, L: int, L_new: int) -> DepthMap:
             scale = (1.0 / counts[src]).astype(np.float32)
     elif rule == "stack":
         mix[np.arange(L_new), np.arange(L_new) % L] = 1.0
+    elif rule == "linear-fit":
+        if L == L_new:
+            mix = np.eye(L, dtype=np.float32)
+        else:
+            t = (np.arange(L) + 0.5) / L
+            t_new = (np.arange(L_new) + 0.5) / L_new
+            deg = 1 if L > 1 else 0
+            X = np.vander(t, deg + 1, increasing=True)  # [L, 2]: columns 1, t
+            X_new = np.vander(t_new, deg + 1, increasing=True)
+            mix = (X_new @ np.linalg.pinv(X)).astype(np.float32)
+            scale[:] = L / L_new
     else:  # interpolate
         pos = np.clip((np.arange(L_new) + 0.5) * L / L_new - 0.5, 0, L - 1)
         lo = np.floor(pos).astype(int)
@@ -93,17 +110,19 @@ def _mix_axis(x: jax.Array, axis: int, dm: DepthMap, residual_out: bool) -> jax.
     return jnp.moveaxis(y, 0, axis)
 
 
-@partial(jax.jit, static_argnames=("leaf_specs",))
+@partial(jax.jit, static_argnames=("leaf_specs", "out_shardings"))
 def apply_depth(
     leaves: Sequence[jax.Array],
     maps: Mapping[str, DepthMap],
     *,
     leaf_specs: tuple[LeafSpec, ...],
+    out_shardings: tuple | None = None,
 ) -> list[jax.Array]:
     """Apply depth maps to every leaf with a ``depth`` axis whose stack is in ``maps``.
 
     The contraction uses HIGHEST matmul precision so that one-hot rows copy blocks exactly
-    (no TF32/bf16 passes on accelerators). Returns new leaves in their source dtypes.
+    (no TF32/bf16 passes on accelerators). Returns new leaves in their source dtypes, pinned
+    to ``out_shardings`` when given (see ``growth.width.apply_width``).
     """
     out = []
     for leaf, spec in zip(leaves, leaf_specs, strict=True):
@@ -117,4 +136,4 @@ def apply_depth(
                     spec.residual_out,
                 )
         out.append(x.astype(leaf.dtype))
-    return out
+    return constrain(out, out_shardings)

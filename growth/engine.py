@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from growth.depth import DepthMap, apply_depth, depth_map
 from growth.errors import GrowthError
@@ -70,12 +71,38 @@ def _check_targets(kind: str, targets: Mapping[str, Any], known: list[str]) -> d
     return checked
 
 
-def check_finite(params: Any) -> None:
-    """Raise GrowthError naming the first leaf that holds NaN or inf."""
+def leaf_spreads(params: Any) -> tuple[float, ...]:
+    """Per-leaf standard deviation of the entries (float64, on the host), in tree order.
+
+    Also the finiteness check: raises GrowthError naming the first leaf that holds NaN or inf.
+    Computed once per plan, so the noise scales are identical however the leaves are sharded.
+    """
+    spreads = []
     for path, leaf in leaves_with_paths(params):
         x = np.asarray(leaf)
         if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
             raise GrowthError(f"leaf {path!r} contains NaN or inf; refusing to grow it")
+        spreads.append(float(np.std(x, dtype=np.float64)) if x.size else 0.0)
+    return tuple(spreads)
+
+
+def _out_shardings(leaves: list[jax.Array], shapes: list[tuple[int, ...]]) -> tuple | None:
+    """Keep each sharded leaf's PartitionSpec on its grown shape where the sizes still divide
+    the mesh axes (else leave that leaf to the compiler); None when nothing is sharded."""
+    out, any_sharded = [], False
+    for x, shape in zip(leaves, shapes, strict=True):
+        s = getattr(x, "sharding", None)
+        if not isinstance(s, NamedSharding) or s.is_fully_replicated:
+            out.append(None)
+            continue
+        any_sharded = True
+        spec = tuple(s.spec) + (None,) * (len(shape) - len(s.spec))
+        fits = all(
+            ax is None or n % np.prod([s.mesh.shape[a] for a in np.atleast_1d(ax)]) == 0
+            for ax, n in zip(spec, shape, strict=True)
+        )
+        out.append(s if fits else None)
+    return tuple(out) if any_sharded else None
 
 
 def _space_map(
@@ -96,7 +123,7 @@ def _space_map(
         n, N = n // 2, N // 2
     kind = resolved.pad_kind(space)
     note = None
-    if kind and method.sampler != "iid" and N > n and N % n:
+    if kind and method.sampler in ("balanced", "smoothed") and N > n and N % n:
         m = padded_map(n, N)
         k, r = divmod(N, n)
         note = (
@@ -164,6 +191,7 @@ class GrowthPlan:
     depth_maps: dict[str, DepthMap]
     key: jax.Array
     report: GrowthReport
+    spreads: tuple[float, ...]  # per-leaf sd of the source entries (noise scale)
 
 
 def plan_growth(
@@ -180,7 +208,7 @@ def plan_growth(
     method = get_method(method)
     width = _check_targets("width", width or {}, resolved.width_spaces())
     depth = _check_targets("depth", depth or {}, resolved.depth_stacks())
-    check_finite(params)
+    spreads = leaf_spreads(params)
     key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
     k_maps, k_apply = jax.random.split(key)
 
@@ -198,11 +226,27 @@ def plan_growth(
     report = GrowthReport(
         method.to_dict(), dict(resolved.sizes), after, copies, exact, notes, eps_scale=eps
     )
-    return GrowthPlan(resolved, method, maps, dmaps, k_apply, report)
+    return GrowthPlan(resolved, method, maps, dmaps, k_apply, report, spreads)
+
+
+def _shapes(plan: GrowthPlan, leaves: list[jax.Array], roles: tuple[str, ...]) -> list[tuple]:
+    """Leaf shapes after resizing the axes whose role is in ``roles``."""
+    after = plan.report.sizes_after
+    return [
+        tuple(
+            after[a.space] if a is not None and (a.role == "depth") == ("depth" in roles) else n
+            for a, n in zip(spec.axes, x.shape, strict=True)
+        )
+        for x, spec in zip(leaves, plan.resolved.leaves, strict=True)
+    ]
 
 
 def apply_plan(plan: GrowthPlan, params: Any) -> Any:
-    """Apply a plan's width then depth maps to ``params`` (same structure as planned)."""
+    """Apply a plan's width then depth maps to ``params`` (same structure as planned).
+
+    Sharded leaves (``NamedSharding``) come back sharded the same way wherever the grown sizes
+    still divide the mesh axes: the work is done shard-parallel under ``jit``, never gathered.
+    """
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if len(leaves) != len(plan.resolved.leaves):
         raise GrowthError(
@@ -215,13 +259,20 @@ def apply_plan(plan: GrowthPlan, params: Any) -> Any:
             leaves,
             plan.maps,
             plan.key,
+            plan.spreads,
             leaf_specs=plan.resolved.leaves,
             symmetry=m.symmetry,
             sigma=float(m.sigma),
             bandwidth=float(m.bandwidth),
+            out_shardings=_out_shardings(leaves, _shapes(plan, leaves, ("in", "out"))),
         )
     if plan.depth_maps:
-        leaves = apply_depth(leaves, plan.depth_maps, leaf_specs=plan.resolved.leaves)
+        leaves = apply_depth(
+            leaves,
+            plan.depth_maps,
+            leaf_specs=plan.resolved.leaves,
+            out_shardings=_out_shardings(leaves, _shapes(plan, leaves, ("depth",))),
+        )
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

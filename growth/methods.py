@@ -14,6 +14,23 @@ name              sampler     scaling    symmetry    depth        guarantee
 ``rc``            smoothed    exact      none        identity     O(h^2) change, new features
 ================  ==========  =========  ==========  ===========  ===============================
 
+Published methods as compositions of the same pieces (sources, exact rules and what differs from
+the papers: ``docs/methods.md``; :data:`RECIPE_INFO` has each recipe's source and guarantee):
+
+================  ==========  =========  ==========  ===========  ===============================
+name              sampler     scaling    symmetry    depth        guarantee
+================  ==========  =========  ==========  ===========  ===============================
+``net2net``       net2net     exact      noise 0.01  identity     O(sigma); exact at sigma = 0
+``bert2bert-fpi`` net2net     exact      none        stack        width exact w/o norms; approx.
+``hypercloning``  balanced    exact      zero-sum    identity     exact (+-noise, SNR 10 dB)
+``lemon``         balanced    exact      zero-sum    identity     exact for any width (padded)
+``stack``         balanced    exact      none        stack        width exact; depth approximate
+``tleg``          balanced    exact      none        linear-fit   width exact; depth approximate
+================  ==========  =========  ==========  ===========  ===============================
+
+Not implemented (see docs/methods.md): ``msg`` (needs a growth mask inside the model),
+``bert2bert-aki`` (new units from the next layer: a cross-layer map), ``ligo`` (learned operator).
+
 ``smoothed`` perturbs the copies' fan-out slices (their features) with antithetic kernel noise
 (centred within each group of copies), so unlike ``exact`` the copies start as different
 features while the function moves only at second order in the bandwidth h (the fan-in slices
@@ -93,6 +110,57 @@ METHODS: dict[str, Method] = {
     ),
     "net2net-noise": Method(symmetry="noise", sigma=0.01, name="net2net-noise"),
     "rc": Method(sampler="smoothed", symmetry="none", sigma=0.0, bandwidth=0.1, name="rc"),
+    # --- published methods -------------------------------------------------------------------
+    "net2net": Method(sampler="net2net", symmetry="noise", sigma=0.01, name="net2net"),
+    "bert2bert-fpi": Method(
+        sampler="net2net", symmetry="none", sigma=0.0, depth="stack", name="bert2bert-fpi"
+    ),
+    # SNR 10 dB: noise power P_W / 10 -> relative size 10^(-10/20) = 0.316
+    "hypercloning": Method(sigma=10 ** (-10 / 20), name="hypercloning"),
+    "lemon": Method(sigma=0.1, name="lemon"),
+    "stack": Method(symmetry="none", sigma=0.0, depth="stack", name="stack"),
+    "tleg": Method(symmetry="none", sigma=0.0, depth="linear-fit", name="tleg"),
+}
+
+#: name -> (source, guarantee). ``exact``: True when the recipe keeps the function exactly (within
+#: float32 rounding) for width growth on MLP/ResMLP (and identity-depth growth).
+RECIPE_INFO: dict[str, dict] = {
+    "exact": {"source": "mfgrow", "exact": True, "guarantee": "function kept; zero-sum noise"},
+    "copy": {"source": "mfgrow", "exact": True, "guarantee": "function kept; copies identical"},
+    "iid": {"source": "mfgrow", "exact": False, "guarantee": "unbiased, O(1/N) variance"},
+    "smoothed": {"source": "mfgrow", "exact": False, "guarantee": "O(h^2) change"},
+    "net2net-noise": {"source": "mfgrow", "exact": False, "guarantee": "O(sigma) change"},
+    "rc": {"source": "mfgrow", "exact": False, "guarantee": "O(h^2) change"},
+    "net2net": {
+        "source": "Chen, Goodfellow, Shlens, Net2Net, ICLR 2016 (arXiv 1511.05641)",
+        "exact": False,
+        "guarantee": "random map, 1/count fan-in: exact at sigma=0; noise moves it O(sigma)",
+    },
+    "bert2bert-fpi": {
+        "source": "Chen et al., bert2BERT, ACL 2022 (arXiv 2110.07143), FPI + stacking",
+        "exact": True,
+        "guarantee": "width exact without norms (norms: approximate); stacking approximate",
+    },
+    "hypercloning": {
+        "source": "Samragh et al., HyperCloning, 2024 (arXiv 2409.12903)",
+        "exact": True,
+        "guarantee": "exact for integer factors; +-noise at 10 dB SNR keeps it",
+    },
+    "lemon": {
+        "source": "Wang et al., LEMON, ICLR 2024",
+        "exact": True,
+        "guarantee": "exact for any width (padded norms) and identity blocks",
+    },
+    "stack": {
+        "source": "Du et al., G_stack, NeurIPS 2024 (arXiv 2405.15319)",
+        "exact": True,
+        "guarantee": "width exact (copies); depth stacking approximate",
+    },
+    "tleg": {
+        "source": "Xia et al., TLEG, AAAI 2024 (arXiv 2312.05614)",
+        "exact": True,
+        "guarantee": "width exact; depth = least-squares linear profile, approximate",
+    },
 }
 
 

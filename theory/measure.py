@@ -31,7 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-SAMPLERS = ("balanced", "iid", "smoothed")
+SAMPLERS = ("balanced", "iid", "smoothed", "net2net")
 SCALINGS = ("exact", "unbiased")
 
 
@@ -68,6 +68,19 @@ def iid_index(key: jax.Array, n: int, N: int) -> jax.Array:
     return jax.random.randint(key, (N,), 0, n, dtype=jnp.int32)
 
 
+def net2net_index(key: jax.Array, n: int, N: int) -> jax.Array:
+    """Net2Net's random mapping: ``g(i) = i`` for ``i < n``, ``g(i) ~ U[n]`` i.i.d. for ``i >= n``.
+
+    Every source unit is kept (``c_k >= 1`` when N >= n) but the extra copies land unevenly, so
+    the map is exact with ``1/c`` fan-in scaling and not balanced (norm statistics move). For
+    N < n it keeps the first N units. int32 [N] (Chen, Goodfellow, Shlens, ICLR 2016; also
+    bert2BERT's FPI map).
+    """
+    head = jnp.arange(min(n, N), dtype=jnp.int32)
+    tail = jax.random.randint(key, (max(N - n, 0),), 0, n, dtype=jnp.int32)
+    return jnp.concatenate([head, tail])
+
+
 def unit_counts(index: jax.Array, n: int) -> jax.Array:
     """``c_k = |g^{-1}(k)|`` as int32 [n]."""
     return jnp.bincount(index, length=n).astype(jnp.int32)
@@ -90,12 +103,14 @@ def sample_space(key: jax.Array, n: int, N: int, sampler: str, scaling: str) -> 
     """Draw the index map, counts and fan-in scales that grow (or prune) a space n -> N.
 
     ``smoothed`` uses the balanced map here; its kernel perturbation of the drawn types is applied
-    to the parameter slices by :func:`kernel_perturbation` (it needs the weights).
+    to the parameter slices by ``growth.width`` (it needs the weights).
     """
     if sampler in ("balanced", "smoothed"):
         index = balanced_index(key, n, N)
     elif sampler == "iid":
         index = iid_index(key, n, N)
+    elif sampler == "net2net":
+        index = net2net_index(key, n, N)
     else:
         raise ValueError(f"sampler {sampler!r}: expected one of {SAMPLERS}")
     counts = unit_counts(index, n)
@@ -141,31 +156,37 @@ def pair_map(m: SpaceMap) -> SpaceMap:
     )
 
 
+def copy_partner(index: jax.Array) -> jax.Array:
+    """The next copy of the same source unit, cyclically: ``partner[i] = j`` with ``g(j) = g(i)``.
+
+    A permutation of [N] within each group of copies (a fixed point for units copied once).
+    Built with a stable sort, so it is jit-friendly and independent of any sharding. int32 [N].
+    """
+    N = index.shape[0]
+    order = jnp.argsort(index, stable=True)
+    sorted_g = index[order]
+    first = jnp.searchsorted(sorted_g, sorted_g, side="left")  # group start, per sorted slot
+    nxt = jnp.arange(1, N + 1)
+    wrap = (nxt >= N) | (sorted_g[jnp.minimum(nxt, N - 1)] != sorted_g)
+    partner_sorted = jnp.where(wrap, first, nxt)
+    return jnp.zeros(N, jnp.int32).at[order].set(order[partner_sorted].astype(jnp.int32))
+
+
 def zero_sum_noise(
     key: jax.Array,
     shape: tuple[int, ...],
     index: jax.Array,
-    n: int,
+    n: int | None = None,
     dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
-    """Standard normal noise on axis 0 (length N), centred within each group of copies.
+    """Normal noise on axis 0 (length N) that sums to zero within each group of copies.
 
-    ``zeta[i] = z[i] - mean_{j: g(j) = g(i)} z[j]``, so ``sum_{i: g(i)=k} zeta[i] = 0`` for every
-    source unit k and every entry of the trailing axes. Units copied once get zero noise.
+    ``zeta[i] = (z[i] - z[partner(i)]) / sqrt(2)`` with :func:`copy_partner`: since the partner
+    map permutes each group, ``sum_{i: g(i)=k} zeta[i] = 0`` for every source unit k and every
+    entry of the trailing axes, each entry has unit variance, and units copied once get exactly
+    zero. Each entry is one subtraction -- no reduction -- so the result is bit-identical however
+    the arrays are sharded. ``n`` is accepted for symmetry with the other samplers (unused).
     Returns ``dtype`` (default float32) of ``shape`` (``shape[0] == N``).
     """
     z = jax.random.normal(key, shape, dtype)
-    sums = jax.ops.segment_sum(z, index, num_segments=n)
-    counts = jnp.maximum(unit_counts(index, n), 1).astype(dtype)
-    means = sums / counts.reshape((n,) + (1,) * (len(shape) - 1))
-    return z - means[index]
-
-
-def kernel_perturbation(key: jax.Array, x: jax.Array, bandwidth: float) -> jax.Array:
-    """Gaussian-kernel (KDE) perturbation of unit types: ``x + h * sd(x) * z``.
-
-    The bandwidth h is relative to the leaf's own spread ``sd(x)`` (over all entries), so the
-    same h means the same smoothing for every layer. Returns an array like ``x``.
-    """
-    sd = jnp.std(x)
-    return x + bandwidth * sd * jax.random.normal(key, x.shape, x.dtype)
+    return (z - z[copy_partner(index)]) * jnp.asarray(2.0**-0.5, dtype)
