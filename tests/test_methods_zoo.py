@@ -171,3 +171,57 @@ def test_linear_fit_shrinks() -> None:
     assert mix.shape == (3, 6)
     np.testing.assert_allclose(mix.sum(1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(scale, 2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments: throughput bench and method comparison (their bookkeeping)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bench_worker_row_is_consistent() -> None:
+    from experiments.bench_growth import markdown, worker
+
+    row = worker(8, "exact", repeats=1)
+    assert row["out_mb"] == pytest.approx(4 * row["in_mb"])  # d -> 2d, h -> 2h: 4x the bytes
+    assert row["steady_s"] > 0 and row["ratio_np"] > 0 and row["ratio_jax"] > 0
+    assert row["grow_gbps"] == pytest.approx(row["out_mb"] * 2**20 / row["steady_s"] / 1e9)
+    assert "| 0.0 |" in markdown([row]) or "exact" in markdown([row])
+
+
+def _hist(losses, fp=True):
+    return {"steps": [0, 10, 20, 30], "test_loss": losses, "function_preserving": fp}
+
+
+def test_compare_metrics_aggregate_and_table() -> None:
+    from experiments.compare_methods import aggregate, markdown, metrics
+
+    runs = [
+        {
+            "small": {"test_loss": [2.0, 1.0]},
+            "n_small": 10,
+            "n_large": 100,
+            "scratch": _hist([2.3, 1.5, 1.2, 1.0]),
+            "a": _hist([1.0 + 0.01 * s, 0.95, 0.9, 0.8]),
+            "b": _hist([1.5, 1.4, 1.3, 1.2], fp=False),
+        }
+        for s in (0, 1)
+    ]
+    per_seed = [metrics(r, ("a", "b"), batch=2, small_steps=5) for r in runs]
+    m = per_seed[0]
+    assert m["a"]["steps_to_target"] == 0 and m["a"]["speedup"] == 30 / 10  # step 0 counts as 10
+    assert m["b"]["steps_to_target"] is None and m["b"]["speedup"] is None
+    assert m["a"]["flops_to_target"] == 6 * 10 * 2 * 5  # only the small model's cost
+    agg = aggregate(per_seed)
+    assert agg["a"]["zero_shot_gap"]["mean"] == pytest.approx(0.005)
+    assert agg["b"]["speedup"]["reached"] == 0 and not agg["b"]["function_preserving"]
+    table = markdown(agg, 2)
+    assert "| a | yes |" in table and "never" in table and "| scratch |" in table
+
+
+@pytest.mark.slow
+def test_compare_methods_quick_runs(tmp_path) -> None:
+    from experiments.compare_methods import main
+
+    summary = main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "table.md").exists() and (tmp_path / "loss_curves.png").exists()
+    assert abs(summary["aggregate"]["exact"]["zero_shot_gap"]["mean"]) < 1e-4

@@ -1,0 +1,279 @@
+"""Compare growth methods on the demo task: same small model, same target, same training budget.
+
+For each seed a small ResMLP (``growth.demo`` defaults: width 16, hidden 32, depth 2) is trained on
+MNIST-1D, then grown with every method to the same large config (width x4, hidden x4, depth x2),
+and every grown model -- and a from-scratch model of the same config -- is trained with the same
+batches, schedule, peak LR and muP-Adam multipliers (base widths = the small model's). Per
+method, over seeds (mean and std):
+
+- ``zero_shot_gap``: grown test loss at step 0 minus the small model's final test loss;
+- ``steps_to_target``: first evaluated step at which the grown model's test loss is <= the
+  scratch model's final test loss (same seed); None if never within the budget;
+- ``speedup``: scratch steps to its own final loss (the budget's last evaluation that reached
+  it) / grown steps to it; ``flops_to_target``: 6 N_large B steps (training FLOPs ~ 6 x params x
+  examples) plus, for the grown model, the small model's training (6 N_small B steps_small);
+- ``final_test_loss``.
+
+Writes ``summary.json``, ``table.md`` and ``loss_curves.png`` under ``--out``.
+
+    python -m experiments.compare_methods --quick          # smoke run (~1 min)
+    python -m experiments.compare_methods --seeds 3        # the reported comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_METHODS = (
+    "copy",
+    "exact",
+    "iid",
+    "smoothed",
+    "rc",
+    "net2net-noise",
+    "net2net",
+    "bert2bert-fpi",
+    "hypercloning",
+    "lemon",
+    "stack",
+    "tleg",
+)
+
+
+def _n_params(tree) -> int:
+    import jax
+
+    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def run_seed(seed: int, methods, *, small_steps, steps, lr, eval_every, dataset, factors):
+    """One seed: small model, every method and scratch. Returns {name: history dict, ...}."""
+    import jax
+
+    from growth.data import load_dataset
+    from growth.engine import apply_plan, plan_growth
+    from growth.models import get_family, grown_config, init_model, model_from_params, params_of
+    from growth.models.resmlp import ResMLPConfig
+    from growth.train import TrainConfig, train
+    from theory.parametrization import adam_lr_multipliers
+
+    fam = get_family("resmlp")
+    data = load_dataset(dataset)
+    wf, df = factors
+    small_cfg = ResMLPConfig(data.input_dim, 16, 32, 2, data.num_classes)
+    small = init_model("resmlp", small_cfg, seed=seed)
+    tc = TrainConfig(steps=small_steps, lr=lr, eval_every=eval_every, seed=seed)
+    small_hist = train(small, data, tc, desc="small", progress=False)
+    p_small = params_of(small)
+    base = fam.sizes(small_cfg)
+    base = {k: v for k, v in base.items() if k != "blocks"}
+    width = {"d": 16 * wf, "h": 32 * wf}
+    depth = {"blocks": 2 * df}
+    tc_big = TrainConfig(steps=steps, lr=lr, eval_every=eval_every, seed=seed + 7)
+
+    out = {"small": small_hist.to_dict(), "n_small": _n_params(p_small)}
+    big_cfg = None
+    for name in methods:
+        t0 = time.perf_counter()
+        plan = plan_growth(
+            p_small, fam.spec(small_cfg), width=width, depth=depth, method=name, key=seed
+        )
+        new = jax.block_until_ready(apply_plan(plan, p_small))
+        grow_s = time.perf_counter() - t0
+        big_cfg = grown_config("resmlp", small_cfg, plan)
+        model = model_from_params("resmlp", big_cfg, new)
+        mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(new), base)
+        hist = train(model, data, tc_big, lr_multipliers=mults, desc=name, progress=False)
+        out[name] = hist.to_dict() | {
+            "grow_s": grow_s,
+            "function_preserving": plan.report.function_preserving,
+        }
+        print(
+            f"  seed {seed} {name:<14} step0 {hist.test_loss[0]:.4f} "
+            f"final {hist.test_loss[-1]:.4f}",
+            flush=True,
+        )
+    scratch = init_model("resmlp", big_cfg, seed=seed + 1)
+    p = params_of(scratch)
+    mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(p), base)
+    out["scratch"] = train(
+        scratch, data, tc_big, lr_multipliers=mults, desc="scratch", progress=False
+    ).to_dict()
+    out["n_large"] = _n_params(p)
+    print(f"  seed {seed} {'scratch':<14} final {out['scratch']['test_loss'][-1]:.4f}", flush=True)
+    return out
+
+
+def _first_at_or_below(steps, losses, target):
+    return next((k for k, v in zip(steps, losses, strict=True) if v <= target), None)
+
+
+def metrics(run: dict, methods, *, batch: int, small_steps: int) -> dict:
+    """Per-method metrics of one seed's run."""
+    sc = run["scratch"]
+    target = sc["test_loss"][-1]
+    s_scratch = _first_at_or_below(sc["steps"], sc["test_loss"], target)
+    small_loss = run["small"]["test_loss"][-1]
+    fl_step = 6 * run["n_large"] * batch
+    fl_small = 6 * run["n_small"] * batch * small_steps
+    res = {
+        "scratch": {
+            "final_test_loss": target,
+            "steps_to_target": s_scratch,
+            "flops_to_target": s_scratch * fl_step,
+            "speedup": 1.0,
+        }
+    }
+    for m in methods:
+        h = run[m]
+        s = _first_at_or_below(h["steps"], h["test_loss"], target)
+        first = next((k for k in h["steps"] if k > 0), 1)
+        res[m] = {
+            "zero_shot_gap": h["test_loss"][0] - small_loss,
+            "steps_to_target": s,
+            "flops_to_target": None if s is None else s * fl_step + fl_small,
+            "speedup": None if s is None else s_scratch / max(s, first),
+            "speedup_flops": None if s is None else s_scratch * fl_step / (s * fl_step + fl_small),
+            "final_test_loss": h["test_loss"][-1],
+            "function_preserving": h["function_preserving"],
+        }
+    return res
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """mean/std over seeds of each metric; steps/speed-ups over the seeds that reached target."""
+    out = {}
+    for name in per_seed[0]:
+        rows = [r[name] for r in per_seed]
+        agg = {}
+        for key in rows[0]:
+            vals = [r[key] for r in rows]
+            if isinstance(vals[0], bool):
+                agg[key] = all(vals)
+                continue
+            got = [float(v) for v in vals if v is not None]
+            agg[key] = {
+                "mean": float(np.mean(got)) if got else None,
+                "std": float(np.std(got)) if got else None,
+                "reached": len(got),
+            }
+        out[name] = agg
+    return out
+
+
+def markdown(agg: dict, n_seeds: int) -> str:
+    def f(d, fmt="{:.3f}"):
+        if d["mean"] is None:
+            return "never"
+        s = (fmt + " ± " + fmt).format(d["mean"], d["std"])
+        return s if d["reached"] == n_seeds else f"{s} ({d['reached']}/{n_seeds})"
+
+    lines = [
+        "| method | exact | zero-shot gap | steps to scratch final | speed-up (steps) "
+        "| speed-up (FLOPs, incl. small) | final test loss |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, a in agg.items():
+        if name == "scratch":
+            continue
+        lines.append(
+            f"| {name} | {'yes' if a['function_preserving'] else 'no'} | "
+            f"{f(a['zero_shot_gap'], '{:+.4f}')} | {f(a['steps_to_target'], '{:.0f}')} | "
+            f"{f(a['speedup'], '{:.2f}')} | {f(a['speedup_flops'], '{:.2f}')} | "
+            f"{f(a['final_test_loss'], '{:.4f}')} |"
+        )
+    s = agg["scratch"]
+    lines.append(
+        f"| scratch | - | - | {f(s['steps_to_target'], '{:.0f}')} | 1 | 1 | "
+        f"{f(s['final_test_loss'], '{:.4f}')} |"
+    )
+    return "\n".join(lines)
+
+
+def plot(path: Path, runs: list[dict], methods) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for name in (*methods, "scratch"):
+        steps = runs[0][name]["steps"]
+        losses = np.array([r[name]["test_loss"] for r in runs])
+        mu = losses.mean(0)
+        kw = {"color": "k", "lw": 2} if name == "scratch" else {"lw": 1}
+        ax.plot(steps, mu, label=name, **kw)
+        if len(runs) > 1:
+            ax.fill_between(
+                steps,
+                losses.min(0),
+                losses.max(0),
+                alpha=0.12,
+                **({"color": "k"} if name == "scratch" else {}),
+            )
+    ax.set_xlabel("optimizer step of the large model")
+    ax.set_ylabel("test cross-entropy (mean over seeds, band = min..max)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few steps, 4 methods")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--small-steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--dataset", default="mnist1d")
+    p.add_argument("--width-factor", type=int, default=4)
+    p.add_argument("--depth-factor", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    methods = tuple(a.methods.split(","))
+    seeds, small_steps, steps, every = a.seeds, a.small_steps, a.steps, a.eval_every
+    if a.quick:
+        seeds, small_steps, steps, every = 1, 100, 100, 25
+        if a.methods == ",".join(DEFAULT_METHODS):
+            methods = ("exact", "iid", "net2net", "tleg")
+    out = a.out or Path("runs/compare_methods" + ("_quick" if a.quick else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    kw = dict(
+        small_steps=small_steps,
+        steps=steps,
+        lr=a.lr,
+        eval_every=every,
+        dataset=a.dataset,
+        factors=(a.width_factor, a.depth_factor),
+    )
+    runs = []
+    for seed in range(seeds):
+        runs.append(run_seed(seed, methods, **kw))
+    per_seed = [metrics(r, methods, batch=128, small_steps=small_steps) for r in runs]
+    agg = aggregate(per_seed)
+    table = markdown(agg, seeds)
+    summary = {
+        "config": {k: v for k, v in kw.items()} | {"seeds": seeds, "methods": methods},
+        "aggregate": agg,
+        "per_seed": per_seed,
+        "runs": runs,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "table.md").write_text(table + "\n")
+    plot(out / "loss_curves.png", runs, methods)
+    print(table)
+    print(f"wrote {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
