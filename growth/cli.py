@@ -34,6 +34,25 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_grow(a: argparse.Namespace) -> int:
+    if a.from_hf or a.to_hf:
+        if not (a.from_hf and a.to_hf) or a.checkpoint:
+            raise GrowthError("--from-hf DIR and --to-hf OUT go together, without a checkpoint")
+        from growth.hf import grow_hf
+
+        report = grow_hf(
+            a.from_hf,
+            a.to_hf,
+            width=a.width,
+            depth=a.depth,
+            method=a.method,
+            seed=a.seed,
+            overwrite=a.overwrite,
+        )
+        print(report)
+        print(f"saved {a.to_hf}")
+        return 0
+    if not a.checkpoint or not a.out:
+        raise GrowthError("grow grow needs CHECKPOINT and --out (or --from-hf DIR --to-hf OUT)")
     from growth.commands import grow_checkpoint
 
     path, report = grow_checkpoint(
@@ -117,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_train)
 
     g = sub.add_parser("grow", help="grow a checkpoint; writes the grown checkpoint + report")
-    g.add_argument("checkpoint")
+    g.add_argument("checkpoint", nargs="?")
+    g.add_argument("--from-hf", default=None, help="HF BERT dir (config.json+model.safetensors)")
+    g.add_argument("--to-hf", default=None, help="write the grown HF checkpoint here")
     g.add_argument("--width", default="x4", help="'x4', or 'd=64,h=x2' per space")
     g.add_argument("--depth", default="x2", help="'x2', or 'blocks=6'; '' for no depth growth")
     g.add_argument("--method", default="exact")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", required=True)
+    g.add_argument("--out", default=None)
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=_cmd_grow)
 

@@ -111,3 +111,22 @@ def test_width_without_heads_is_refused(minilm, tmp_path):
     with pytest.raises(GrowthError, match="heads"):
         hf.save_hf(tmp_path / "bad", grown, cfg)
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_from_hf_errors(tmp_path, capsys):
+    from growth.cli import main
+
+    assert main(["grow", "--from-hf", str(tmp_path / "nope"), "--to-hf", str(tmp_path / "o")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["grow", "--from-hf", str(tmp_path / "nope")]) == 2
+    assert "--to-hf" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_from_hf_grows(tmp_path):
+    from growth.cli import main
+
+    out = tmp_path / "g"
+    argv = ["grow", "--from-hf", str(hf.minilm_dir()), "--to-hf", str(out), "--method", "copy"]
+    assert main([*argv, "--width", "x2", "--depth", ""]) == 0
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 768
