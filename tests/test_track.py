@@ -70,6 +70,7 @@ def ckpt(tmp_path_factory):
     return _save(tmp_path_factory.mktemp("track") / "mlp", "mlp", MLPConfig(40, (8,), 10))
 
 
+@pytest.mark.slow
 def test_track_checkpoint_resmlp(tmp_path) -> None:
     """LayerNorm'd residual MLP (depth axis, norm gains): the same rules track exactly."""
     cfg = ResMLPConfig(input_dim=40, width=8, hidden=16, depth=2, num_classes=10)
