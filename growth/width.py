@@ -76,7 +76,7 @@ def _centred_noise(key: jax.Array, x: jax.Array, axis: int, m: SpaceMap) -> jax.
     n = m.counts.shape[0]
     groups = m.index if m.pad is None else jnp.where(m.pad, n, m.index)
     moved = jnp.moveaxis(x, axis, 0).shape
-    xi = zero_sum_noise(key, moved, groups, n + (m.pad is not None), x.dtype)
+    xi = zero_sum_noise(key, moved, groups, dtype=x.dtype)
     return jnp.moveaxis(xi, 0, axis)
 
 
@@ -117,21 +117,27 @@ def _grow_axis(
     return x
 
 
-@partial(jax.jit, static_argnames=("leaf_specs", "symmetry", "sigma", "bandwidth"))
+@partial(jax.jit, static_argnames=("leaf_specs", "symmetry", "sigma", "bandwidth", "out_shardings"))
 def apply_width(
     leaves: Sequence[jax.Array],
     maps: Mapping[str, SpaceMap],
     key: jax.Array,
+    spreads: Sequence[jax.Array],
     *,
     leaf_specs: tuple[LeafSpec, ...],
     symmetry: str = "none",
     sigma: float = 0.0,
     bandwidth: float = 0.0,
+    out_shardings: tuple | None = None,
 ) -> list[jax.Array]:
     """Grow every leaf along its width axes whose space is in ``maps``.
 
     leaves: arrays in tree order, ``leaves[j]`` described by ``leaf_specs[j]``.
     maps: space -> SpaceMap (spaces absent from ``maps`` keep their size).
+    spreads: per-leaf standard deviation of the source entries (the ``sd`` above), computed
+    once by the plan, so the noise does not depend on how a reduction is partitioned.
+    out_shardings: per-leaf sharding of the result (or None): growth of a sharded pytree stays
+    sharded, never gathered on one device.
     Computes in float32 (float64 for float64 leaves); returns each leaf in its source dtype.
     """
     if symmetry not in SYMMETRY:
@@ -154,7 +160,7 @@ def apply_width(
             out.append(leaf)
             continue
         x = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
-        sd = jnp.std(x)
+        sd = jnp.asarray(spreads[j], x.dtype)
         key_leaf = jax.random.fold_in(key, j)
         for ax, a in grown:
             x = _grow_axis(
@@ -171,4 +177,14 @@ def apply_width(
                 spec.norm_part,
             )
         out.append(x.astype(leaf.dtype))
-    return out
+    return constrain(out, out_shardings)
+
+
+def constrain(leaves: list[jax.Array], shardings: tuple | None) -> list[jax.Array]:
+    """Pin each leaf to its sharding (inside jit); None entries are left to the compiler."""
+    if shardings is None:
+        return leaves
+    return [
+        x if s is None else jax.lax.with_sharding_constraint(x, s)
+        for x, s in zip(leaves, shardings, strict=True)
+    ]

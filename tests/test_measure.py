@@ -13,7 +13,6 @@ from theory.measure import (
     balanced_index,
     fan_in_scale,
     iid_index,
-    kernel_perturbation,
     sample_space,
     unit_counts,
     zero_sum_noise,
@@ -106,11 +105,3 @@ def test_zero_sum_noise_sums_to_zero_within_copies(nN, cols, seed) -> None:
     assert np.all(np.abs(xi[single]) <= 1e-6)  # zero up to rounding of z - z / 1 under jit
     if (~single).any():  # units copied at least twice do get noise
         assert np.abs(xi[~single]).max() > 1e-3
-
-
-def test_kernel_perturbation_scales_with_leaf_spread() -> None:
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(200, 50)) * 3.0, jnp.float32)
-    y = kernel_perturbation(jax.random.key(0), x, 0.1)
-    assert y.shape == x.shape and y.dtype == x.dtype
-    np.testing.assert_allclose(float(jnp.std(y - x)), 0.1 * float(jnp.std(x)), rtol=0.05)
-    assert float(jnp.abs(kernel_perturbation(jax.random.key(0), x, 0.0) - x).max()) == 0.0
