@@ -202,20 +202,15 @@ def plot(path: Path, runs: list[dict], methods) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for name in (*methods, "scratch"):
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, name in enumerate((*methods, "scratch")):
         steps = runs[0][name]["steps"]
         losses = np.array([r[name]["test_loss"] for r in runs])
         mu = losses.mean(0)
-        kw = {"color": "k", "lw": 2} if name == "scratch" else {"lw": 1}
+        kw = {"color": "k", "lw": 2} if name == "scratch" else {"lw": 1, "color": colors[i % 20]}
         ax.plot(steps, mu, label=name, **kw)
         if len(runs) > 1:
-            ax.fill_between(
-                steps,
-                losses.min(0),
-                losses.max(0),
-                alpha=0.12,
-                **({"color": "k"} if name == "scratch" else {}),
-            )
+            ax.fill_between(steps, losses.min(0), losses.max(0), alpha=0.12, color=kw["color"])
     ax.set_xlabel("optimizer step of the large model")
     ax.set_ylabel("test cross-entropy (mean over seeds, band = min..max)")
     ax.set_yscale("log")
