@@ -8,9 +8,9 @@ grown model also cost the small model's training, the summary also gives the spe
 small model's steps charged at their relative cost (parameter count ~ FLOPs per example),
 and the speed-up at every intermediate target the scratch run passes (``speedup_curve``).
 
-Defaults (peak LR 1e-2 under muP-Adam; the ``exact`` recipe's zero-sum sigma = 4) are the best of a
-small sweep on this task (``experiments/demo_ablation.py``; see docs/results.md): weaker symmetry
-breaking (sigma 0.3 or 1) and a smaller LR left the grown model further behind.
+Defaults (peak LR 1e-2 under muP-Adam; zero-sum symmetry breaking of size sigma = 4) are the
+best of a small sweep on this task (``experiments/demo_ablation.py``; docs/results.md): weaker
+symmetry breaking (sigma 0.3 or 1) and a smaller LR left the grown model further behind.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class DemoConfig:
     width_factor: int = 4
     depth_factor: int = 2
     method: str = "exact"
-    sigma: float | None = None  # symmetry-breaking size (None: the method's own)
+    sigma: float | None = 4.0  # zero-sum size; safe for this shallow model (see Method.sigma)
     mup: bool = True  # muP-Adam LR multipliers (base = small widths) for both large models
     small_steps: int = 3000
     steps: int = 3000

@@ -56,9 +56,12 @@ from theory.measure import SAMPLERS, SCALINGS
 class Method:
     """A growth recipe.
 
-    sigma: size of the symmetry-breaking noise relative to each leaf's standard deviation. The
-    ``exact`` recipe uses 4: zero-sum noise keeps the function whatever its size, and on the demo
-    task larger noise (0.3 -> 1 -> 4) let the grown model train faster (docs/results.md).
+    sigma: size of the symmetry-breaking noise relative to each leaf's standard deviation.
+    Zero-sum noise keeps the function in exact arithmetic whatever its size, but in floating
+    point it turns rounding-level differences between copies into output error, amplified
+    layer after layer: all-MiniLM-L6-v2 grown x2 keeps its hidden states to 1.5e-7 (relative)
+    at sigma 1, 1.8e-5 at 2 and O(1) at 4. The ``exact`` recipe uses 1; shallow models can
+    afford more (the 4-block demo uses 4, which trained faster; docs/results.md).
     bandwidth: kernel width of the ``smoothed`` sampler, relative to each leaf's spread.
     """
 
@@ -95,7 +98,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "exact": Method(sigma=4.0, name="exact"),
+    "exact": Method(sigma=1.0, name="exact"),
     "copy": Method(symmetry="none", sigma=0.0, name="copy"),
     "iid": Method(
         sampler="iid", scaling="unbiased", symmetry="none", sigma=0.0, depth="duplicate", name="iid"
