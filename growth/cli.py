@@ -34,36 +34,20 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_grow(a: argparse.Namespace) -> int:
+    kw = {"width": a.width, "depth": a.depth, "method": a.method, "seed": a.seed,
+          "overwrite": a.overwrite}  # fmt: skip
     if a.from_hf or a.to_hf:
         if not (a.from_hf and a.to_hf) or a.checkpoint:
             raise GrowthError("--from-hf DIR and --to-hf OUT go together, without a checkpoint")
         from growth.hf import grow_hf
 
-        report = grow_hf(
-            a.from_hf,
-            a.to_hf,
-            width=a.width,
-            depth=a.depth,
-            method=a.method,
-            seed=a.seed,
-            overwrite=a.overwrite,
-        )
-        print(report)
-        print(f"saved {a.to_hf}")
-        return 0
-    if not a.checkpoint or not a.out:
+        report, path = grow_hf(a.from_hf, a.to_hf, **kw), a.to_hf
+    elif not a.checkpoint or not a.out:
         raise GrowthError("grow grow needs CHECKPOINT and --out (or --from-hf DIR --to-hf OUT)")
-    from growth.commands import grow_checkpoint
+    else:
+        from growth.commands import grow_checkpoint
 
-    path, report = grow_checkpoint(
-        a.checkpoint,
-        a.out,
-        width=a.width,
-        depth=a.depth,
-        method=a.method,
-        seed=a.seed,
-        overwrite=a.overwrite,
-    )
+        path, report = grow_checkpoint(a.checkpoint, a.out, **kw)
     print(report)
     print(f"saved {path}")
     return 0
