@@ -170,6 +170,9 @@ def _width_maps(
                 f"target that is a multiple of {n}, or name the norm kind in the spec "
                 "(norm='layer-gain', ...) so that the engine can pad"
             )
+    if maps and method.fanout_source != "self":
+        exact = False
+        notes.append(f"fanout_source={method.fanout_source!r}: new units get other features")
     if maps and (method.bandwidth > 0 or method.symmetry == "noise" and method.sigma > 0):
         exact = False
         notes.append("kernel smoothing / additive noise changes the function by design")
@@ -241,6 +244,30 @@ def _shapes(plan: GrowthPlan, leaves: list[jax.Array], roles: tuple[str, ...]) -
     ]
 
 
+def _fanout_from_next_block(leaves: list[jax.Array], plan: GrowthPlan) -> list[jax.Array]:
+    """bert2BERT AKI: on leaves stacked on a depth axis, the new units (slots past the source
+    size; for a paired space, past the source size in each half) of block l take their grown
+    fan-out slice from block l + 1 (the last block keeps its own). Fan-in slices untouched."""
+    out = []
+    for x, spec in zip(leaves, plan.resolved.leaves, strict=True):
+        depth_ax = [ax for ax, a in enumerate(spec.axes) if a and a.role == "depth"]
+        if depth_ax:
+            L = x.shape[depth_ax[0]]
+            nxt = jnp.take(x, jnp.minimum(jnp.arange(L) + 1, L - 1), axis=depth_ax[0])
+            for ax, a in enumerate(spec.axes):
+                if not (a and a.role == "out" and a.space in plan.maps):
+                    continue
+                n, N = plan.resolved.sizes[a.space], x.shape[ax]
+                pos = jnp.arange(N)
+                if a.space in plan.resolved.paired:
+                    n, pos = n // 2, pos % (N // 2)
+                shape = [1] * x.ndim
+                shape[ax] = N
+                x = jnp.where((pos >= n).reshape(shape), nxt, x)
+        out.append(x)
+    return out
+
+
 def apply_plan(plan: GrowthPlan, params: Any) -> Any:
     """Apply a plan's width then depth maps to ``params`` (same structure as planned).
 
@@ -266,6 +293,8 @@ def apply_plan(plan: GrowthPlan, params: Any) -> Any:
             bandwidth=float(m.bandwidth),
             out_shardings=_out_shardings(leaves, _shapes(plan, leaves, ("in", "out"))),
         )
+    if plan.maps and m.fanout_source == "next-block":
+        leaves = _fanout_from_next_block(leaves, plan)
     if plan.depth_maps:
         leaves = apply_depth(
             leaves,

@@ -22,6 +22,8 @@ name              sampler     scaling    symmetry    depth        guarantee
 ================  ==========  =========  ==========  ===========  ===============================
 ``net2net``       net2net     exact      noise 0.01  identity     O(sigma); exact at sigma = 0
 ``bert2bert-fpi`` net2net     exact      none        stack        width exact w/o norms; approx.
+``bert2bert-aki`` net2net     exact      none (*)    stack        approximate; (*) new units'
+                                                                  fan-out from the next block
 ``hypercloning``  balanced    exact      zero-sum    identity     exact (+-noise, SNR 10 dB)
 ``lemon``         balanced    exact      zero-sum    identity     exact for any width (padded)
 ``stack``         balanced    exact      none        stack        width exact; depth approximate
@@ -29,7 +31,7 @@ name              sampler     scaling    symmetry    depth        guarantee
 ================  ==========  =========  ==========  ===========  ===============================
 
 Not implemented (see docs/methods.md): ``msg`` (needs a growth mask inside the model),
-``bert2bert-aki`` (new units from the next layer: a cross-layer map), ``ligo`` (learned operator).
+``ligo`` (learned operator).
 
 ``smoothed`` perturbs the copies' fan-out slices (their features) with antithetic kernel noise
 (centred within each group of copies), so unlike ``exact`` the copies start as different
@@ -51,6 +53,8 @@ from growth.errors import GrowthError
 from growth.width import SYMMETRY
 from theory.measure import SAMPLERS, SCALINGS
 
+FANOUT_SOURCES = ("self", "next-block")
+
 
 @dataclass(frozen=True)
 class Method:
@@ -63,6 +67,10 @@ class Method:
     at sigma 1, 1.8e-5 at 2 and O(1) at 4. The ``exact`` recipe uses 1; shallow models can
     afford more (the 4-block demo uses 4, which trained faster; docs/results.md).
     bandwidth: kernel width of the ``smoothed`` sampler, relative to each leaf's spread.
+    fanout_source: ``"self"`` (new units copy their source unit's fan-out slice) or
+    ``"next-block"`` (bert2BERT's AKI: in leaves stacked on a depth axis, the *new* units of
+    block l take their fan-out slice from block l + 1, the last block from itself; changes the
+    function).
     """
 
     sampler: str = "balanced"
@@ -72,6 +80,7 @@ class Method:
     bandwidth: float = 0.0
     depth: str = "identity"
     name: str = "custom"
+    fanout_source: str = "self"
 
     def __post_init__(self) -> None:
         for field, value, allowed in (
@@ -85,6 +94,10 @@ class Method:
         if not (self.sigma >= 0 and self.bandwidth >= 0):
             raise GrowthError(
                 f"method sigma={self.sigma}, bandwidth={self.bandwidth}: must be >= 0"
+            )
+        if self.fanout_source not in FANOUT_SOURCES:
+            raise GrowthError(
+                f"method fanout_source={self.fanout_source!r}: expected one of {FANOUT_SOURCES}"
             )
         if self.sampler == "smoothed" and self.bandwidth == 0:
             raise GrowthError("method sampler='smoothed' needs bandwidth > 0")
@@ -121,6 +134,14 @@ METHODS: dict[str, Method] = {
     # SNR 10 dB: noise power P_W / 10 -> relative size 10^(-10/20) = 0.316
     "hypercloning": Method(sigma=10 ** (-10 / 20), name="hypercloning"),
     "lemon": Method(sigma=0.1, name="lemon"),
+    "bert2bert-aki": Method(
+        sampler="net2net",
+        symmetry="none",
+        sigma=0.0,
+        depth="stack",
+        fanout_source="next-block",
+        name="bert2bert-aki",
+    ),
     "stack": Method(symmetry="none", sigma=0.0, depth="stack", name="stack"),
     "tleg": Method(symmetry="none", sigma=0.0, depth="linear-fit", name="tleg"),
 }
@@ -148,6 +169,11 @@ RECIPE_INFO: dict[str, dict] = {
         "source": "Samragh et al., HyperCloning, 2024 (arXiv 2409.12903)",
         "exact": True,
         "guarantee": "exact for integer factors; +-noise at 10 dB SNR keeps it",
+    },
+    "bert2bert-aki": {
+        "source": "Chen et al., bert2BERT, ACL 2022 (arXiv 2110.07143), AKI + stacking",
+        "exact": False,
+        "guarantee": "new units' features from the next block: symmetry broken, not exact",
     },
     "lemon": {
         "source": "Wang et al., LEMON, ICLR 2024",

@@ -25,7 +25,7 @@ from theory.measure import net2net_index, sample_space
 MLP = get_family("mlp")
 RES = get_family("resmlp")
 TOL = 1e-5
-PUBLISHED = ("net2net", "bert2bert-fpi", "hypercloning", "lemon", "stack", "tleg")
+PUBLISHED = ("net2net", "bert2bert-fpi", "bert2bert-aki", "hypercloning", "lemon", "stack", "tleg")
 
 
 def _x(dim: int, n: int = 32, seed: int = 0) -> jax.Array:
@@ -225,3 +225,23 @@ def test_compare_methods_quick_runs(tmp_path) -> None:
     summary = main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "table.md").exists() and (tmp_path / "loss_curves.png").exists()
     assert abs(summary["aggregate"]["exact"]["zero_shot_gap"]["mean"]) < 1e-4
+
+
+def test_bert2bert_aki_new_units_read_the_next_block() -> None:
+    cfg = RES.config(input_dim=3, width=6, hidden=8, depth=3, num_classes=2)
+    params = random_params("resmlp", cfg, 0)
+    aki = get_method("bert2bert-aki", sampler="balanced")  # tiled map: g(8 + j) = j
+    width = {"d": 12, "h": 16}
+    new, report = grow(params, RES.spec(cfg), width=width, method=aki, key=0)
+    assert not report.function_preserving
+    w1, old = np.asarray(new["w1"]), np.asarray(params["w1"])  # [L, in:d, out:h]
+    np.testing.assert_allclose(w1[:, :6, :8], 0.5 * old, rtol=1e-6)  # old units: own block
+    np.testing.assert_allclose(w1[:2, :6, 8:], 0.5 * old[1:], rtol=1e-6)  # new: next block
+    np.testing.assert_allclose(w1[2, :6, 8:], 0.5 * old[2], rtol=1e-6)  # last block: own
+    b1 = np.asarray(new["b1"])
+    np.testing.assert_allclose(b1[:2, 8:], np.asarray(params["b1"])[1:], rtol=1e-6)
+    x = _x(3)
+    err = rel_err(
+        model_fn("resmlp", RES.resize(cfg, width))(new, x), model_fn("resmlp", cfg)(params, x)
+    )
+    assert err > 1e-3
