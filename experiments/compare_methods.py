@@ -38,6 +38,7 @@ DEFAULT_METHODS = (
     "net2net-noise",
     "net2net",
     "bert2bert-fpi",
+    "bert2bert-aki",
     "hypercloning",
     "lemon",
     "stack",
