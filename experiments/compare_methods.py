@@ -110,6 +110,66 @@ def run_seed(seed: int, methods, *, small_steps, steps, lr, eval_every, dataset,
     return out
 
 
+def run_seed_lm(seed: int, methods, *, small_steps, steps, lr, eval_every, factors, **_):
+    """The LM task (``growth.lm_demo``, quick decoder on stdlib bytes): same protocol."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from growth.engine import apply_plan, plan_growth
+    from growth.lm_data import eval_windows, load_corpus
+    from growth.lm_demo import LMDemoConfig, train_lm
+    from growth.models import get_family, grown_config, model_from_params, params_of
+    from growth.models.decoder import Decoder
+    from theory.parametrization import adam_lr_multipliers
+
+    cfg = LMDemoConfig.quick(small_steps=small_steps, steps=steps, eval_every=eval_every, lr=lr)
+    fam = get_family("decoder")
+    corpus = load_corpus(cfg.corpus_bytes)
+    test = eval_windows(corpus.test, cfg.seq_len, cfg.eval_windows)
+    small_cfg = cfg.decoder()
+    small = Decoder(small_cfg, rngs=nnx.Rngs(seed))
+    small_hist = train_lm(small, cfg, small_steps, test, seed=seed)
+    p_small = params_of(small)
+    f, g = factors
+    width = {"d": f * small_cfg.d_model, "ff": f * small_cfg.d_ff, "kv": f * small_cfg.n_kv_heads}
+    depth = {"blocks": g * small_cfg.n_layers}
+    base = fam.sizes(small_cfg)
+    out = {"small": dataclasses.asdict(small_hist), "n_small": _n_params(p_small)}
+    big_cfg = None
+    for name in methods:
+        t0 = time.perf_counter()
+        plan = plan_growth(
+            p_small, fam.spec(small_cfg), width=width, depth=depth, method=name, key=seed
+        )
+        new = jax.block_until_ready(apply_plan(plan, p_small))
+        grow_s = time.perf_counter() - t0
+        big_cfg = grown_config("decoder", small_cfg, plan)
+        model = model_from_params("decoder", big_cfg, new)
+        mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(new), base)
+        hist = train_lm(model, cfg, steps, test, seed=seed + 7, lr_multipliers=mults)
+        out[name] = dataclasses.asdict(hist) | {
+            "grow_s": grow_s,
+            "function_preserving": plan.report.function_preserving,
+        }
+        print(
+            f"  seed {seed} {name:<14} step0 {hist.test_loss[0]:.4f} "
+            f"final {hist.test_loss[-1]:.4f}",
+            flush=True,
+        )
+    scratch = Decoder(big_cfg, rngs=nnx.Rngs(seed + 1))
+    p = params_of(scratch)
+    mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(p), base)
+    out["scratch"] = dataclasses.asdict(
+        train_lm(scratch, cfg, steps, test, seed=seed + 7, lr_multipliers=mults)
+    )
+    out["n_large"] = _n_params(p)
+    out["batch"] = cfg.batch * cfg.seq_len  # tokens per step
+    print(f"  seed {seed} {'scratch':<14} final {out['scratch']['test_loss'][-1]:.4f}", flush=True)
+    return out
+
+
 def _first_at_or_below(steps, losses, target):
     return next((k for k, v in zip(steps, losses, strict=True) if v <= target), None)
 
@@ -231,7 +291,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--dataset", default="mnist1d")
-    p.add_argument("--width-factor", type=int, default=4)
+    p.add_argument(
+        "--task",
+        choices=("mlp", "lm"),
+        default="mlp",
+        help="mlp: ResMLP on MNIST-1D (demo); "
+        "lm: quick decoder on stdlib bytes (lm_demo; width x2, depth x2 by default)",
+    )
+    p.add_argument("--width-factor", type=int, default=None, help="default 4 (mlp), 2 (lm)")
     p.add_argument("--depth-factor", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
@@ -241,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
         seeds, small_steps, steps, every = 1, 100, 100, 25
         if a.methods == ",".join(DEFAULT_METHODS):
             methods = ("exact", "iid", "net2net", "tleg")
-    out = a.out or Path("runs/compare_methods" + ("_quick" if a.quick else ""))
+    name = "compare_methods" + ("_lm" if a.task == "lm" else "") + ("_quick" if a.quick else "")
+    out = a.out or Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
     kw = dict(
         small_steps=small_steps,
@@ -249,16 +317,17 @@ def main(argv: list[str] | None = None) -> dict:
         lr=a.lr,
         eval_every=every,
         dataset=a.dataset,
-        factors=(a.width_factor, a.depth_factor),
+        factors=(a.width_factor or (2 if a.task == "lm" else 4), a.depth_factor),
     )
-    runs = []
-    for seed in range(seeds):
-        runs.append(run_seed(seed, methods, **kw))
-    per_seed = [metrics(r, methods, batch=128, small_steps=small_steps) for r in runs]
+    run = run_seed_lm if a.task == "lm" else run_seed
+    runs = [run(seed, methods, **kw) for seed in range(seeds)]
+    per_seed = [
+        metrics(r, methods, batch=r.get("batch", 128), small_steps=small_steps) for r in runs
+    ]
     agg = aggregate(per_seed)
     table = markdown(agg, seeds)
     summary = {
-        "config": {k: v for k, v in kw.items()} | {"seeds": seeds, "methods": methods},
+        "config": kw | {"seeds": seeds, "methods": methods, "task": a.task},
         "aggregate": agg,
         "per_seed": per_seed,
         "runs": runs,
