@@ -76,10 +76,22 @@ def test_width_growth_keeps_embeddings(minilm, tmp_path):
     np.testing.assert_allclose(e @ e.T, e0 @ e0.T, atol=1e-5)
 
 
-def test_wordpiece_matches_fast_tokenizer():
-    pytest.importorskip("tokenizers")
+# ids produced by the `tokenizers` package (Rust WordPiece) for this model, recorded once
+HARD_TEXT = "Héllo, WORLD!! It's 3.14 -- isn't it? unaffable_thing"
+HARD_IDS = [101, 7592, 1010, 2088, 999, 999, 2009, 1005, 1055, 1017, 1012, 2403, 1011, 1011,
+            3475, 1005, 1056, 2009, 1029, 14477, 20961, 3468, 1035, 2518, 102]  # fmt: skip
+
+
+def test_wordpiece_matches_reference_ids():
     src = hf.minilm_dir()
-    texts = SENTENCES + ["Héllo, WORLD!! It's 3.14 -- isn't it? unaffable_thing"]
+    ids, mask = hf.tokenize(src, [HARD_TEXT], fast=False)
+    assert ids[0][mask[0] > 0].tolist() == HARD_IDS
+
+
+def test_wordpiece_matches_fast_tokenizer():
+    pytest.importorskip("tokenizers")  # optional: not installed by the project
+    src = hf.minilm_dir()
+    texts = SENTENCES + [HARD_TEXT]
     a, ma = hf.tokenize(src, texts)
     b, mb = hf.tokenize(src, texts, fast=False)
     assert np.array_equal(a, b) and np.array_equal(ma, mb)
