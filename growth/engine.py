@@ -47,8 +47,8 @@ class GrowthReport:
         lines = [f"method: {self.method['name']} ({self.method})"]
         lines.append(f"{'space':<16} {'before':>7} {'after':>7}  copies")
         for s, n in self.sizes_before.items():
-            lo, hi = self.copies.get(s, (1, 1))
-            lines.append(f"{s:<16} {n:>7} {self.sizes_after[s]:>7}  {lo}..{hi}")
+            copies = "{}..{}".format(*self.copies[s]) if s in self.copies else "-"
+            lines.append(f"{s:<16} {n:>7} {self.sizes_after[s]:>7}  {copies}")
         for space, f in self.eps_scale.items():
             lines.append(f"norm eps over {space!r} times {f:.6g} (padded map)")
         lines.append(f"function preserving: {self.function_preserving}")
