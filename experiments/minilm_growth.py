@@ -5,7 +5,7 @@ Cases: width only (d 384 -> 768, heads 12 -> 24, ff 1536 -> 3072), depth only (6
 layers), width + depth; methods ``copy`` and ``exact``; for depth the LayerNorms of inserted
 blocks copied from their source block or reset to unit gain / zero bias (``new_block_ln``).
 The grown embedding is read back in the source's 384-d space by averaging the copies of each
-unit before the L2 normalisation (``growth.hf.fold``); pairwise cosine similarities between
+unit before the L2 normalisation (``growth.bert.fold``); pairwise cosine similarities between
 sentences need no folding. Writes runs/minilm/minilm_growth.json.
 
     python experiments/minilm_growth.py [--out runs/minilm] [--float64]
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from growth import hf
+from growth import bert, hf
 
 SENTENCES = [
     "A man is eating food.",
@@ -41,7 +41,7 @@ def compare(e0: np.ndarray, pooled: np.ndarray, d_index, n: int) -> dict:
     """Agreement of grown embeddings (un-normalised mean-pooled ``pooled``) with ``e0``."""
     e = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
     if d_index is not None:
-        f = hf.fold(pooled, d_index, n)
+        f = bert.fold(pooled, d_index, n)
         f = f / np.linalg.norm(f, axis=-1, keepdims=True)
     else:
         f = e
@@ -62,8 +62,8 @@ def main(argv=None) -> dict:
     dtype = np.float64 if a.float64 else np.float32
     src = hf.minilm_dir()
     params, config, spec = hf.load_hf(src)
-    ids, mask = hf.tokenize(src, SENTENCES)
-    e0 = hf.encode(params, config, ids, mask, dtype=dtype)
+    ids, mask = bert.tokenize(src, SENTENCES)
+    e0 = bert.encode(params, config, ids, mask, dtype=dtype)
     n = config["hidden_size"]
     cases = [
         ("width", "copy", WIDTH, None, "copy"),
@@ -84,8 +84,8 @@ def main(argv=None) -> dict:
             with tempfile.TemporaryDirectory() as tmp:
                 hf.save_hf(Path(tmp) / "grown", grown, cfg)
                 grown, cfg, _ = hf.load_hf(Path(tmp) / "grown")
-        pooled = hf.mean_pool(
-            hf.hidden_states(grown, cfg, ids, mask, dtype=dtype), mask, normalize=False
+        pooled = bert.mean_pool(
+            bert.hidden_states(grown, cfg, ids, mask, dtype=dtype), mask, normalize=False
         )
         dmap = plan.maps.get("d")
         row = {

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from growth import hf
+from growth import bert, hf
 from growth.errors import CheckpointError, GrowthError
 
 pytest.importorskip("safetensors")
@@ -55,8 +55,8 @@ def test_round_trip_bit_identical(minilm, tmp_path):
 
 def test_width_growth_keeps_embeddings(minilm, tmp_path):
     src, params, config, _ = minilm
-    ids, mask = hf.tokenize(src, SENTENCES)
-    e0 = hf.encode(params, config, ids, mask)
+    ids, mask = bert.tokenize(src, SENTENCES)
+    e0 = bert.encode(params, config, ids, mask)
     width = {"d": 768, "heads": 24, "ff": 3072}
     report = hf.grow_hf(src, tmp_path / "g", width=width, method="copy")
     assert report.function_preserving
@@ -66,10 +66,10 @@ def test_width_growth_keeps_embeddings(minilm, tmp_path):
         24,
         3072,
     )
-    pooled = hf.mean_pool(hf.hidden_states(g, gc, ids, mask), mask, normalize=False)
+    pooled = bert.mean_pool(bert.hidden_states(g, gc, ids, mask), mask, normalize=False)
     # balanced copies: every source unit appears twice; fold them back into the 384-d space
     _, _, plan = hf.grow_params(params, config, hf.bert_spec(), width={"d": 768})
-    f = hf.fold(pooled, plan.maps["d"].index, 384)
+    f = bert.fold(pooled, plan.maps["d"].index, 384)
     f /= np.linalg.norm(f, axis=-1, keepdims=True)
     assert np.sum(f * e0, -1).min() > 0.99999
     e = pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
@@ -84,7 +84,7 @@ HARD_IDS = [101, 7592, 1010, 2088, 999, 999, 2009, 1005, 1055, 1017, 1012, 2403,
 
 def test_wordpiece_matches_reference_ids():
     src = hf.minilm_dir()
-    ids, mask = hf.tokenize(src, [HARD_TEXT], fast=False)
+    ids, mask = bert.tokenize(src, [HARD_TEXT], fast=False)
     assert ids[0][mask[0] > 0].tolist() == HARD_IDS
 
 
@@ -92,8 +92,8 @@ def test_wordpiece_matches_fast_tokenizer():
     pytest.importorskip("tokenizers")  # optional: not installed by the project
     src = hf.minilm_dir()
     texts = SENTENCES + [HARD_TEXT]
-    a, ma = hf.tokenize(src, texts)
-    b, mb = hf.tokenize(src, texts, fast=False)
+    a, ma = bert.tokenize(src, texts)
+    b, mb = bert.tokenize(src, texts, fast=False)
     assert np.array_equal(a, b) and np.array_equal(ma, mb)
 
 
