@@ -8,6 +8,7 @@ nonsensical targets, non-finite weights and impossible method/target combination
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -268,6 +269,47 @@ def _fanout_from_next_block(leaves: list[jax.Array], plan: GrowthPlan) -> list[j
     return out
 
 
+def apply_leaves(
+    plan: GrowthPlan, leaves: list[jax.Array], first_leaf: int = 0, *, keep_sharding: bool = True
+) -> list[jax.Array]:
+    """Apply a plan to the consecutive leaves ``first_leaf, first_leaf + 1, ...`` (tree order).
+
+    Growing the whole tree at once or a slice at a time (``growth.stream``) gives the same bits.
+    """
+    sl = slice(first_leaf, first_leaf + len(leaves))
+    specs, spreads = plan.resolved.leaves[sl], plan.spreads[sl]
+    sub = dataclasses.replace(plan, resolved=dataclasses.replace(plan.resolved, leaves=specs))
+    leaves = [jnp.asarray(x) for x in leaves]
+    m = plan.method
+    if plan.maps:
+        leaves = apply_width(
+            leaves,
+            plan.maps,
+            plan.key,
+            spreads,
+            leaf_specs=specs,
+            symmetry=m.symmetry,
+            sigma=float(m.sigma),
+            bandwidth=float(m.bandwidth),
+            out_shardings=_out_shardings(leaves, _shapes(sub, leaves, ("in", "out")))
+            if keep_sharding
+            else None,
+            first_leaf=first_leaf,
+        )
+    if plan.maps and m.fanout_source == "next-block":
+        leaves = _fanout_from_next_block(leaves, sub)
+    if plan.depth_maps:
+        leaves = apply_depth(
+            leaves,
+            plan.depth_maps,
+            leaf_specs=specs,
+            out_shardings=_out_shardings(leaves, _shapes(sub, leaves, ("depth",)))
+            if keep_sharding
+            else None,
+        )
+    return leaves
+
+
 def apply_plan(plan: GrowthPlan, params: Any) -> Any:
     """Apply a plan's width then depth maps to ``params`` (same structure as planned).
 
@@ -279,30 +321,7 @@ def apply_plan(plan: GrowthPlan, params: Any) -> Any:
         raise GrowthError(
             f"plan was made for {len(plan.resolved.leaves)} leaves, params have {len(leaves)}"
         )
-    leaves = [jnp.asarray(x) for x in leaves]
-    m = plan.method
-    if plan.maps:
-        leaves = apply_width(
-            leaves,
-            plan.maps,
-            plan.key,
-            plan.spreads,
-            leaf_specs=plan.resolved.leaves,
-            symmetry=m.symmetry,
-            sigma=float(m.sigma),
-            bandwidth=float(m.bandwidth),
-            out_shardings=_out_shardings(leaves, _shapes(plan, leaves, ("in", "out"))),
-        )
-    if plan.maps and m.fanout_source == "next-block":
-        leaves = _fanout_from_next_block(leaves, plan)
-    if plan.depth_maps:
-        leaves = apply_depth(
-            leaves,
-            plan.depth_maps,
-            leaf_specs=plan.resolved.leaves,
-            out_shardings=_out_shardings(leaves, _shapes(plan, leaves, ("depth",))),
-        )
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    return jax.tree_util.tree_unflatten(treedef, apply_leaves(plan, leaves))
 
 
 def grow(

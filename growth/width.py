@@ -129,6 +129,7 @@ def apply_width(
     sigma: float = 0.0,
     bandwidth: float = 0.0,
     out_shardings: tuple | None = None,
+    first_leaf: int = 0,
 ) -> list[jax.Array]:
     """Grow every leaf along its width axes whose space is in ``maps``.
 
@@ -138,6 +139,8 @@ def apply_width(
     once by the plan, so the noise does not depend on how a reduction is partitioned.
     out_shardings: per-leaf sharding of the result (or None): growth of a sharded pytree stays
     sharded, never gathered on one device.
+    first_leaf: tree position of ``leaves[0]`` (the noise of leaf j is keyed by its position,
+    so growing a slice of the leaves -- streaming -- gives the same result as the whole tree).
     Computes in float32 (float64 for float64 leaves); returns each leaf in its source dtype.
     """
     if symmetry not in SYMMETRY:
@@ -161,7 +164,7 @@ def apply_width(
             continue
         x = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
         sd = jnp.asarray(spreads[j], x.dtype)
-        key_leaf = jax.random.fold_in(key, j)
+        key_leaf = jax.random.fold_in(key, first_leaf + j)
         for ax, a in grown:
             x = _grow_axis(
                 x,
