@@ -52,13 +52,47 @@ def _n_params(tree) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def run_seed(seed: int, methods, *, small_steps, steps, lr, eval_every, dataset, factors):
-    """One seed: small model, every method and scratch. Returns {name: history dict, ...}."""
+def grow_and_train(family, small_cfg, small_hist, p_small, methods, width, depth, fit, seed):
+    """Grow ``p_small`` with every method, train each with ``fit(model, desc) -> history dict``
+    on the same budget, then a same-size model from scratch; returns the per-seed record."""
     import jax
 
-    from growth.data import load_dataset
     from growth.engine import apply_plan, plan_growth
     from growth.models import get_family, grown_config, init_model, model_from_params, params_of
+
+    fam = get_family(family)
+    out = {"small": small_hist, "n_small": _n_params(p_small)}
+    big_cfg = None
+    for name in methods:
+        t0 = time.perf_counter()
+        plan = plan_growth(
+            p_small, fam.spec(small_cfg), width=width, depth=depth, method=name, key=seed
+        )
+        new = jax.block_until_ready(apply_plan(plan, p_small))
+        grow_s = time.perf_counter() - t0
+        big_cfg = grown_config(family, small_cfg, plan)
+        hist = fit(model_from_params(family, big_cfg, new), name)
+        out[name] = hist | {
+            "grow_s": grow_s,
+            "function_preserving": plan.report.function_preserving,
+        }
+        print(
+            f"  seed {seed} {name:<14} step0 {hist['test_loss'][0]:.4f} "
+            f"final {hist['test_loss'][-1]:.4f}",
+            flush=True,
+        )
+    scratch = init_model(family, big_cfg, seed=seed + 1)
+    out["n_large"] = _n_params(params_of(scratch))
+    out["scratch"] = fit(scratch, "scratch")
+    print(f"  seed {seed} {'scratch':<14} final {out['scratch']['test_loss'][-1]:.4f}", flush=True)
+    return out
+
+
+def run_seed(seed: int, methods, *, small_steps, steps, lr, eval_every, dataset, factors):
+    """One seed: small model, every method and scratch. Returns {name: history dict, ...}."""
+
+    from growth.data import load_dataset
+    from growth.models import get_family, init_model, params_of
     from growth.models.resmlp import ResMLPConfig
     from growth.train import TrainConfig, train
     from theory.parametrization import adam_lr_multipliers
@@ -77,50 +111,25 @@ def run_seed(seed: int, methods, *, small_steps, steps, lr, eval_every, dataset,
     depth = {"blocks": 2 * df}
     tc_big = TrainConfig(steps=steps, lr=lr, eval_every=eval_every, seed=seed + 7)
 
-    out = {"small": small_hist.to_dict(), "n_small": _n_params(p_small)}
-    big_cfg = None
-    for name in methods:
-        t0 = time.perf_counter()
-        plan = plan_growth(
-            p_small, fam.spec(small_cfg), width=width, depth=depth, method=name, key=seed
-        )
-        new = jax.block_until_ready(apply_plan(plan, p_small))
-        grow_s = time.perf_counter() - t0
-        big_cfg = grown_config("resmlp", small_cfg, plan)
-        model = model_from_params("resmlp", big_cfg, new)
-        mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(new), base)
-        hist = train(model, data, tc_big, lr_multipliers=mults, desc=name, progress=False)
-        out[name] = hist.to_dict() | {
-            "grow_s": grow_s,
-            "function_preserving": plan.report.function_preserving,
-        }
-        print(
-            f"  seed {seed} {name:<14} step0 {hist.test_loss[0]:.4f} "
-            f"final {hist.test_loss[-1]:.4f}",
-            flush=True,
-        )
-    scratch = init_model("resmlp", big_cfg, seed=seed + 1)
-    p = params_of(scratch)
-    mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(p), base)
-    out["scratch"] = train(
-        scratch, data, tc_big, lr_multipliers=mults, desc="scratch", progress=False
-    ).to_dict()
-    out["n_large"] = _n_params(p)
-    print(f"  seed {seed} {'scratch':<14} final {out['scratch']['test_loss'][-1]:.4f}", flush=True)
-    return out
+    def fit(model, desc):
+        mults = adam_lr_multipliers(fam.spec(model.config).resolve(params_of(model)), base)
+        hist = train(model, data, tc_big, lr_multipliers=mults, desc=desc, progress=False)
+        return hist.to_dict()
+
+    return grow_and_train(
+        "resmlp", small_cfg, small_hist.to_dict(), p_small, methods, width, depth, fit, seed
+    )
 
 
 def run_seed_lm(seed: int, methods, *, small_steps, steps, lr, eval_every, factors, **_):
     """The LM task (``growth.lm_demo``, quick decoder on stdlib bytes): same protocol."""
     import dataclasses
 
-    import jax
     from flax import nnx
 
-    from growth.engine import apply_plan, plan_growth
     from growth.lm_data import eval_windows, load_corpus
     from growth.lm_demo import LMDemoConfig, train_lm
-    from growth.models import get_family, grown_config, model_from_params, params_of
+    from growth.models import get_family, params_of
     from growth.models.decoder import Decoder
     from theory.parametrization import adam_lr_multipliers
 
@@ -136,37 +145,17 @@ def run_seed_lm(seed: int, methods, *, small_steps, steps, lr, eval_every, facto
     width = {"d": f * small_cfg.d_model, "ff": f * small_cfg.d_ff, "kv": f * small_cfg.n_kv_heads}
     depth = {"blocks": g * small_cfg.n_layers}
     base = fam.sizes(small_cfg)
-    out = {"small": dataclasses.asdict(small_hist), "n_small": _n_params(p_small)}
-    big_cfg = None
-    for name in methods:
-        t0 = time.perf_counter()
-        plan = plan_growth(
-            p_small, fam.spec(small_cfg), width=width, depth=depth, method=name, key=seed
-        )
-        new = jax.block_until_ready(apply_plan(plan, p_small))
-        grow_s = time.perf_counter() - t0
-        big_cfg = grown_config("decoder", small_cfg, plan)
-        model = model_from_params("decoder", big_cfg, new)
-        mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(new), base)
-        hist = train_lm(model, cfg, steps, test, seed=seed + 7, lr_multipliers=mults)
-        out[name] = dataclasses.asdict(hist) | {
-            "grow_s": grow_s,
-            "function_preserving": plan.report.function_preserving,
-        }
-        print(
-            f"  seed {seed} {name:<14} step0 {hist.test_loss[0]:.4f} "
-            f"final {hist.test_loss[-1]:.4f}",
-            flush=True,
-        )
-    scratch = Decoder(big_cfg, rngs=nnx.Rngs(seed + 1))
-    p = params_of(scratch)
-    mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(p), base)
-    out["scratch"] = dataclasses.asdict(
-        train_lm(scratch, cfg, steps, test, seed=seed + 7, lr_multipliers=mults)
-    )
-    out["n_large"] = _n_params(p)
+
+    def fit(model, desc):
+        mults = adam_lr_multipliers(fam.spec(model.config).resolve(params_of(model)), base)
+        hist = train_lm(model, cfg, steps, test, seed=seed + 7, lr_multipliers=mults, desc=desc)
+        return dataclasses.asdict(hist)
+
+    out = grow_and_train(
+        "decoder", small_cfg, dataclasses.asdict(small_hist), p_small, methods, width, depth,
+        fit, seed,
+    )  # fmt: skip
     out["batch"] = cfg.batch * cfg.seq_len  # tokens per step
-    print(f"  seed {seed} {'scratch':<14} final {out['scratch']['test_loss'][-1]:.4f}", flush=True)
     return out
 
 
