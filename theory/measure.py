@@ -176,7 +176,6 @@ def zero_sum_noise(
     key: jax.Array,
     shape: tuple[int, ...],
     index: jax.Array,
-    n: int | None = None,
     dtype: jnp.dtype = jnp.float32,
 ) -> jax.Array:
     """Normal noise on axis 0 (length N) that sums to zero within each group of copies.
@@ -185,7 +184,7 @@ def zero_sum_noise(
     map permutes each group, ``sum_{i: g(i)=k} zeta[i] = 0`` for every source unit k and every
     entry of the trailing axes, each entry has unit variance, and units copied once get exactly
     zero. Each entry is one subtraction -- no reduction -- so the result is bit-identical however
-    the arrays are sharded. ``n`` is accepted for symmetry with the other samplers (unused).
+    the arrays are sharded.
     Returns ``dtype`` (default float32) of ``shape`` (``shape[0] == N``).
     """
     z = jax.random.normal(key, shape, dtype)
