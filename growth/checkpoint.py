@@ -27,7 +27,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 & co. with numpy, for dtype 
 import numpy as np
 import orbax.checkpoint as ocp
 
-from growth.errors import CheckpointError
+from growth.errors import CheckpointError, GrowthError
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -207,6 +207,40 @@ def save_checkpoint(
     if not isinstance(params, Mapping):
         raise CheckpointError(f"params must be a nested dict, got {type(params).__name__}")
     orbax_tree, skeleton = _encode(params)
+    return _commit(target, skeleton, meta_text, lambda d: _write_params(d, orbax_tree), overwrite)
+
+
+def _write_params(directory: Path, orbax_tree: dict | None) -> None:
+    if orbax_tree is None:
+        directory.mkdir()
+    else:
+        _orbax_save(directory, orbax_tree)
+
+
+def write_checkpoint(
+    path: str | os.PathLike,
+    skeleton: dict,
+    meta: dict,
+    write_params: Callable[[Path], None],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Lower-level :func:`save_checkpoint` for callers that write ``params/`` themselves (e.g.
+    ``growth.stream``, one leaf at a time): ``write_params(dir)`` must create ``dir`` as an orbax
+    PyTree save of the stored leaves of ``skeleton`` (the ``tree.json`` tree, see ``_encode``).
+    Same atomicity: nothing is left at ``path`` if ``write_params`` raises."""
+    target = Path(path).expanduser().absolute()
+    return _commit(target, skeleton, _dump_meta(meta), write_params, overwrite)
+
+
+def _commit(
+    target: Path,
+    skeleton: dict,
+    meta_text: str,
+    write_params: Callable[[Path], None],
+    overwrite: bool,
+) -> Path:
+    """Write the checkpoint into a temporary sibling, then rename it to ``target``."""
     tree_text = json.dumps({"format": _FORMAT, "tree": skeleton})
     exists = os.path.lexists(target)
     if exists and not overwrite:
@@ -220,10 +254,7 @@ def save_checkpoint(
     except OSError as e:
         raise CheckpointError(f"cannot create {tmp}: {type(e).__name__}: {e}") from e
     try:
-        if orbax_tree is None:
-            (tmp / _PARAMS).mkdir()
-        else:
-            _orbax_save(tmp / _PARAMS, orbax_tree)
+        write_params(tmp / _PARAMS)
         _write_text(tmp / _TREE, tree_text)
         _write_text(tmp / _META, meta_text)
         _write_text(tmp / _COMPLETE, f"mfgrow checkpoint format {_FORMAT}\n")
@@ -241,11 +272,12 @@ def save_checkpoint(
         _fsync_dir(target.parent)
     except BaseException as e:
         _remove(tmp)
-        if isinstance(e, Exception) and not isinstance(e, CheckpointError):
+        if isinstance(e, Exception) and not isinstance(e, GrowthError):
             raise CheckpointError(
                 f"saving checkpoint to {target} failed: {type(e).__name__}: {e}"
             ) from e
         raise
+    return target
     return target
 
 
@@ -260,17 +292,15 @@ def _read_json(path: Path, ckpt: Path) -> Any:
         ) from e
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[PyTree, dict]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+def read_checkpoint_info(path: str | os.PathLike) -> tuple[Path, dict, dict]:
+    """Validate a checkpoint directory without reading any array.
 
     Returns:
-        ``(params, meta)``: ``params`` has the saved nested-dict structure (int keys restored)
-        with numpy-array leaves of the saved shapes and dtypes; ``meta`` is the saved dict.
+        ``(absolute path, tree skeleton from tree.json, meta)``; ``path / "params"`` is the
+        orbax directory holding the skeleton's stored leaves.
 
     Raises:
-        CheckpointError: ``path`` missing / not a directory / incomplete (no ``COMPLETE``),
-            ``meta.json`` or ``tree.json`` missing or invalid, ``params/`` missing, or the orbax
-            restore failed (the message names the path and the underlying error).
+        CheckpointError: as :func:`load_checkpoint`, for everything but the orbax restore.
     """
     ckpt = Path(path).expanduser().absolute()
     if not os.path.lexists(ckpt):
@@ -291,6 +321,23 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PyTree, dict]:
     params_dir = ckpt / _PARAMS
     if not params_dir.is_dir():
         raise CheckpointError(f"checkpoint {ckpt} is missing its {_PARAMS}/ directory")
+    return ckpt, info["tree"], meta
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[PyTree, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Returns:
+        ``(params, meta)``: ``params`` has the saved nested-dict structure (int keys restored)
+        with numpy-array leaves of the saved shapes and dtypes; ``meta`` is the saved dict.
+
+    Raises:
+        CheckpointError: ``path`` missing / not a directory / incomplete (no ``COMPLETE``),
+            ``meta.json`` or ``tree.json`` missing or invalid, ``params/`` missing, or the orbax
+            restore failed (the message names the path and the underlying error).
+    """
+    ckpt, skeleton, meta = read_checkpoint_info(path)
+    params_dir = ckpt / _PARAMS
     stored = None
     if any(True for _ in params_dir.iterdir()):
         try:
@@ -300,7 +347,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PyTree, dict]:
                 f"checkpoint {ckpt}: orbax restore of {_PARAMS}/ failed: {type(e).__name__}: {e}"
             ) from e
     try:
-        params = _decode(info["tree"], stored)
+        params = _decode(skeleton, stored)
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {ckpt}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:

@@ -1,13 +1,22 @@
-"""Growth of checkpoints larger than memory: leaf by leaf, safetensors file to safetensors file.
+"""Growth of checkpoints larger than memory: leaf by leaf, from a safetensors file or a
+``growth.checkpoint`` directory (orbax) into a safetensors file or a checkpoint directory.
 
 The plan needs only the shapes and, per leaf, the spread of its entries (the noise scale) and a
-finiteness check, so it reads the source one tensor at a time. The output header (names, dtypes,
-shapes, offsets) is known from the plan before any tensor is grown, so the output file is
-written front to back: header, then each grown tensor as soon as it is computed. Peak memory is
-therefore about the largest leaf's input plus its output (plus XLA's temporaries for that
-leaf), whatever the model size. The file is written to a temporary sibling and renamed into
-place, so a failed growth never leaves a loadable output. The result equals in-memory growth of
-the same tensors bit for bit (noise is keyed by each leaf's position in the tree).
+finiteness check, so it reads the source one tensor at a time (safetensors: ``pread`` of the
+tensor's bytes; checkpoint: shapes and dtypes from orbax's metadata, then an orbax partial
+restore of that one array). The output layout (names, dtypes, shapes) is known from the plan
+before any tensor is grown, and each grown tensor is written as soon as it is computed:
+
+- safetensors: header first, then the tensors front to back;
+- checkpoint: one orbax save whose type handler computes and writes the grown leaves one after
+  the other (each write awaited before the next leaf is computed); the directory has exactly
+  the layout of :func:`growth.checkpoint.save_checkpoint` and loads with ``load_checkpoint``.
+
+Peak memory is therefore about the largest leaf's input plus its output (plus XLA's temporaries
+for that leaf and the runtime's baseline), whatever the model size. Output goes to a temporary
+sibling renamed into place, so a failed growth never leaves a loadable output. The result equals
+in-memory growth (``growth.grow`` of the loaded source) bit for bit: noise is keyed by each
+leaf's position in the tree.
 """
 
 from __future__ import annotations
@@ -15,15 +24,21 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
+from growth.checkpoint import read_checkpoint_info, write_checkpoint
 from growth.engine import GrowthReport, apply_leaves, plan_growth
-from growth.errors import CheckpointError
+from growth.errors import CheckpointError, SpecError
 from growth.methods import Method
-from growth.spec import NeuronSpec
+from growth.spec import NeuronSpec, path_str
 
 _DTYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "bfloat16": "BF16",
            "int32": "I32", "int64": "I64"}  # fmt: skip
@@ -34,6 +49,9 @@ def _numpy_dtype(code: str, name: str) -> np.dtype:
         if c == code:
             return np.dtype(dt) if dt != "bfloat16" else np.dtype(jnp.bfloat16)
     raise CheckpointError(f"tensor {name!r}: unsupported safetensors dtype {code!r}")
+
+
+# ----------------------------------------------------------------------------------- sources
 
 
 class LazyTensor:
@@ -55,18 +73,137 @@ class LazyTensor:
         return x if dtype is None else x.astype(dtype)
 
 
+class CheckpointLeaf:
+    """A leaf of a ``growth.checkpoint`` directory: shape/dtype now (from ``tree.json``, checked
+    against orbax's metadata), data restored alone (orbax partial restore) on ``np.asarray``.
+    Zero-size leaves, which the format does not store, come back as zeros."""
+
+    def __init__(self, ckptr: ocp.Checkpointer, params_dir: Path, keys: tuple, where: str,
+                 shape: tuple[int, ...], dtype: np.dtype):  # fmt: skip
+        self._ckptr, self._dir, self._keys, self.name = ckptr, params_dir, keys, where
+        self.shape, self.dtype = shape, dtype
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if int(np.prod(self.shape)) == 0:
+            x = np.zeros(self.shape, self.dtype)
+        else:
+            item: Any = 0
+            for k in reversed(self._keys):
+                item = {str(k): item}
+            try:
+                got = self._ckptr.restore(
+                    self._dir, args=ocp.args.PyTreeRestore(item=item, partial_restore=True)
+                )
+                for k in self._keys:
+                    got = got[str(k)]
+            except Exception as e:
+                raise CheckpointError(
+                    f"{self.name}: orbax restore from {self._dir} failed: {type(e).__name__}: {e}"
+                ) from e
+            x = np.asarray(got)
+            if x.shape != self.shape or x.dtype != self.dtype:
+                raise CheckpointError(
+                    f"{self.name}: {self._dir} holds {x.dtype}{list(x.shape)}, "
+                    f"tree.json says {self.dtype}{list(self.shape)}"
+                )
+        return x if dtype is None else x.astype(dtype)
+
+
 def read_header(fd: int) -> tuple[int, dict]:
     """(offset of the data section, header dict without ``__metadata__``) of a safetensors file."""
     raw = os.pread(fd, 8, 0)
     if len(raw) != 8:
         raise CheckpointError("not a safetensors file (too short)")
     (n,) = struct.unpack("<Q", raw)
+    if 8 + n > os.fstat(fd).st_size:
+        raise CheckpointError(f"not a safetensors file (header length {n} exceeds the file)")
     try:
         header = json.loads(os.pread(fd, n, 8))
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"not a safetensors file (bad header: {e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError("not a safetensors file (header is not a JSON object)")
     header.pop("__metadata__", None)
     return 8 + n, header
+
+
+@dataclass
+class _Source:
+    tree: Any  # nested dicts of lazy leaves (LazyTensor / CheckpointLeaf)
+    meta: dict | None
+    close: Callable[[], None]
+
+
+def _open_safetensors(path: Path) -> _Source:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        base, header = read_header(fd)
+        tree = {n: LazyTensor(fd, base, n, header[n]) for n in sorted(header)}
+    except CheckpointError as e:
+        os.close(fd)
+        raise CheckpointError(f"{str(path)!r}: {e}") from e
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Source(tree, None, lambda: os.close(fd))
+
+
+def _lazy_tree(skel: Any, meta: Any, ckptr, params_dir: Path, ckpt: Path, keys: tuple = ()):
+    """Rebuild the saved nested dict (true key types) with :class:`CheckpointLeaf` leaves."""
+    where = "params" + "".join(f"[{k!r}]" for k in keys)
+    if not isinstance(skel, dict):
+        raise CheckpointError(f"checkpoint {ckpt}: {where}: malformed tree.json entry {skel!r}")
+    if "dict" in skel:
+        meta = meta if isinstance(meta, Mapping) else {}
+        return {
+            k: _lazy_tree(child, meta.get(str(k)), ckptr, params_dir, ckpt, (*keys, k))
+            for k, child in skel["dict"]
+        }
+    try:
+        shape, dtype, stored = tuple(skel["shape"]), np.dtype(skel["dtype"]), skel["stored"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: {where}: malformed tree.json entry") from e
+    if stored:
+        if meta is None or not hasattr(meta, "shape"):
+            raise CheckpointError(f"checkpoint {ckpt}: {where}: array missing from params/")
+        if tuple(meta.shape) != shape or np.dtype(meta.dtype) != dtype:
+            raise CheckpointError(
+                f"checkpoint {ckpt}: {where}: params/ holds {np.dtype(meta.dtype)}"
+                f"{list(meta.shape)}, tree.json says {dtype}{list(shape)}"
+            )
+    return CheckpointLeaf(ckptr, params_dir, keys, f"checkpoint {ckpt}: {where}", shape, dtype)
+
+
+def _open_checkpoint(path: Path) -> _Source:
+    ckpt, skeleton, meta = read_checkpoint_info(path)
+    params_dir = ckpt / "params"
+    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    try:
+        stored_meta = None
+        if any(True for _ in params_dir.iterdir()):
+            try:
+                stored_meta = ckptr.metadata(params_dir).item_metadata.tree
+            except Exception as e:
+                raise CheckpointError(
+                    f"checkpoint {ckpt}: cannot read orbax metadata of params/: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+        tree = _lazy_tree(skeleton, stored_meta, ckptr, params_dir, ckpt)
+    except BaseException:
+        ckptr.close()
+        raise
+    return _Source(tree, meta, ckptr.close)
+
+
+def _open(source: Path) -> _Source:
+    if source.is_file():
+        return _open_safetensors(source)
+    if source.is_dir():
+        return _open_checkpoint(source)
+    raise CheckpointError(f"{str(source)!r}: no such safetensors file or checkpoint directory")
+
+
+# ------------------------------------------------------------------------------------- sinks
 
 
 def _header(names: list[str], shapes: list[tuple], dtypes: list[np.dtype]) -> bytes:
@@ -79,6 +216,150 @@ def _header(names: list[str], shapes: list[tuple], dtypes: list[np.dtype]) -> by
     text = json.dumps(meta, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
+
+
+def _write_safetensors(out: Path, names, shapes, dtypes, grown: Callable[[int], np.ndarray]):
+    for name, dt in zip(names, dtypes, strict=True):
+        if np.dtype(dt).name not in _DTYPES:
+            raise CheckpointError(f"tensor {name!r}: dtype {dt} cannot be written to safetensors")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as w:
+            w.write(_header(names, shapes, dtypes))
+            for j in range(len(names)):
+                w.write(np.ascontiguousarray(grown(j)).tobytes())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _Grown:
+    """A grown leaf not computed yet: ``compute()`` returns it (numpy, final dtype)."""
+
+    def __init__(self, compute: Callable[[], np.ndarray]):
+        self.compute = compute
+
+
+class _GrownHandler(ocp.type_handlers.NumpyHandler):
+    """Orbax handler writing :class:`_Grown` leaves as plain numpy arrays (same on-disk format
+    and ``np.ndarray`` type string, so the standard handler restores them), one at a time: a
+    leaf is computed only after the previous one's write has completed."""
+
+    def __init__(self):
+        super().__init__(deepcopy_host_arrays=False)
+
+    async def serialize(self, values, infos, args=None):
+        args = args or [ocp.type_handlers.SaveArgs()] * len(values)
+
+        async def one_by_one():
+            for value, info, arg in zip(values, infos, args, strict=True):
+                x = value.compute()
+                await self._background_serialize([x], [info], [arg])
+                del x
+
+        return [ocp.future.CommitFutureAwaitingContractedSignals(one_by_one(), name="grown")]
+
+
+def _orbax_save_grown(directory: Path, tree: dict | None) -> None:
+    if tree is None:  # nothing stored (all leaves zero-size)
+        directory.mkdir()
+        return
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (_Grown, _GrownHandler()),
+        (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)),  # unused; avoids a warning
+    )
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry)) as ck:
+        ck.save(directory, args=ocp.args.PyTreeSave(tree))
+
+
+def _checkpoint_layout(tree: Any, index: dict, shapes, dtypes, grown, keys: tuple = ()):
+    """(orbax tree of :class:`_Grown` leaves or None, tree.json skeleton) of the grown tree, in
+    the source's key order with its key types; ``index`` maps a leaf's key path to its
+    position in tree order."""
+    if isinstance(tree, Mapping):
+        items, out = [], {}
+        for k, child in tree.items():
+            sub, skel = _checkpoint_layout(child, index, shapes, dtypes, grown, (*keys, k))
+            items.append([k, skel])
+            if sub is not None:
+                out[str(k)] = sub
+        return (out or None), {"dict": items}
+    j = index[keys]
+    size = int(np.prod(shapes[j]))
+    skel = {"shape": list(shapes[j]), "dtype": np.dtype(dtypes[j]).name, "stored": size > 0}
+    return (_Grown(lambda: grown(j)) if size > 0 else None), skel
+
+
+# -------------------------------------------------------------------------------------- growth
+
+
+def grow_stream(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    spec: NeuronSpec,
+    *,
+    width: dict[str, int] | None = None,
+    depth: dict[str, int] | None = None,
+    method: str | Method = "exact",
+    key: int = 0,
+    meta: dict | None = None,
+    out_format: str | None = None,
+) -> GrowthReport:
+    """Grow ``source`` into ``out`` one leaf at a time.
+
+    source: a ``.safetensors`` file (a flat dict of tensors) or a ``growth.checkpoint``
+        directory (nested dicts, int keys kept).
+    out: a path ending in ``.safetensors`` (tensors named by their tree path, ``"a/b/0"``,
+        which the same ``spec`` matches again) or a checkpoint directory (the source's
+        structure; ``meta`` is its ``meta.json``, by default ``{"source", "source_meta",
+        "growth"}``). Existing outputs are never overwritten.
+    out_format: ``"safetensors"`` or ``"checkpoint"``; by default from ``out``'s suffix.
+
+    ``spec`` patterns match the tree paths of the source (for safetensors, the tensor names).
+    The grown tensors equal ``growth.grow(loaded source, spec, ...)`` bit for bit.
+    Raises CheckpointError naming the path for a missing/invalid source or an existing ``out``,
+    SpecError (prefixed with the source path) when the spec does not fit the source, and
+    GrowthError for a non-finite leaf, before anything is written.
+    """
+    source, out = Path(source).expanduser().absolute(), Path(out).expanduser().absolute()
+    out_format = out_format or ("safetensors" if out.suffix == ".safetensors" else "checkpoint")
+    if out_format not in ("safetensors", "checkpoint"):
+        raise ValueError(f"out_format={out_format!r}: expected 'safetensors' or 'checkpoint'")
+    if os.path.lexists(out):
+        raise CheckpointError(f"{str(out)!r} exists; refusing to overwrite it")
+    src = _open(source)
+    try:
+        try:
+            plan = plan_growth(src.tree, spec, width=width, depth=depth, method=method, key=key)
+        except SpecError as e:
+            raise SpecError(f"{source}: {e}") from e
+        flat, _ = jax.tree_util.tree_flatten_with_path(src.tree)
+        leaves = [leaf for _, leaf in flat]
+        after = plan.report.sizes_after
+        shapes = [
+            tuple(after[a.space] if a else n for a, n in zip(s.axes, x.shape, strict=True))
+            for x, s in zip(leaves, plan.resolved.leaves, strict=True)
+        ]
+        dtypes = [np.dtype(x.dtype) for x in leaves]
+
+        def grown(j: int) -> np.ndarray:
+            (y,) = apply_leaves(plan, [np.asarray(leaves[j])], j, keep_sharding=False)
+            return np.asarray(y, dtypes[j])
+
+        if out_format == "safetensors":
+            names = [path_str(p) for p, _ in flat]
+            _write_safetensors(out, names, shapes, dtypes, grown)
+        else:
+            index = {tuple(k.key for k in p): j for j, (p, _) in enumerate(flat)}
+            tree, skeleton = _checkpoint_layout(src.tree, index, shapes, dtypes, grown)
+            if meta is None:
+                meta = {"source": str(source), "source_meta": src.meta,
+                        "growth": plan.report.to_dict()}  # fmt: skip
+            write_checkpoint(out, skeleton, meta, lambda d: _orbax_save_grown(d, tree))
+    finally:
+        src.close()
+    return plan.report
 
 
 def grow_safetensors(
@@ -95,34 +376,8 @@ def grow_safetensors(
 
     ``spec`` patterns match the tensor names (one path component each, e.g. ``"w1"``).
     """
-    source, out = Path(source), Path(out)
+    source = Path(source)
     if not source.is_file():
         raise CheckpointError(f"{str(source)!r}: no such safetensors file")
-    if out.exists():
-        raise CheckpointError(f"{str(out)!r} exists; refusing to overwrite it")
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    fd = os.open(source, os.O_RDONLY)
-    try:
-        base, header = read_header(fd)
-        names = sorted(header)
-        lazy = {n: LazyTensor(fd, base, n, header[n]) for n in names}
-        plan = plan_growth(lazy, spec, width=width, depth=depth, method=method, key=key)
-        after = plan.report.sizes_after
-        shapes = [
-            tuple(after[a.space] if a else n for a, n in zip(s.axes, lazy[name].shape, strict=True))
-            for name, s in zip(names, plan.resolved.leaves, strict=True)
-        ]
-        dtypes = [lazy[n].dtype for n in names]
-        with open(tmp, "wb") as w:
-            w.write(_header(names, shapes, dtypes))
-            for j, name in enumerate(names):
-                (y,) = apply_leaves(plan, [np.asarray(lazy[name])], j, keep_sharding=False)
-                w.write(np.ascontiguousarray(np.asarray(y, dtypes[j])).tobytes())
-                del y
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
-    return plan.report
+    return grow_stream(source, out, spec, width=width, depth=depth, method=method, key=key,
+                       out_format="safetensors")  # fmt: skip

@@ -1,17 +1,22 @@
-"""Streaming growth (safetensors -> safetensors, leaf by leaf) equals in-memory growth."""
+"""Streaming growth (safetensors or orbax checkpoint -> safetensors or checkpoint, leaf by leaf)
+equals in-memory growth bit for bit and never leaves a partial output."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
 import growth
+import growth.stream
+from growth.checkpoint import load_checkpoint, save_checkpoint
 from growth.errors import CheckpointError
 from growth.models import get_family, init_model, params_of
 from growth.models.resmlp import ResMLPConfig
 from growth.spec import NeuronSpec
-from growth.stream import grow_safetensors
+from growth.stream import grow_safetensors, grow_stream
 
 
 def _flat_resmlp():
@@ -50,3 +55,115 @@ def test_streaming_errors_leave_nothing(tmp_path):
         grow_safetensors(tmp_path / "src.safetensors", tmp_path / "o.safetensors", spec,
                          width={"d": 16})  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.safetensors"]
+
+
+# ---------------------------------------------------------------- orbax checkpoint as the source
+
+
+def _int_keyed():
+    """Nested dict with int keys (a 2-layer MLP stored as ``layers/{0,1}``) and its spec."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    params = {
+        "layers": {
+            0: {"kernel": rng.normal(size=(6, 8)).astype(f32), "bias": np.zeros(8, f32)},
+            1: {"kernel": rng.normal(size=(8, 3)).astype(f32), "bias": np.zeros(3, f32)},
+        },
+        "empty": np.zeros((0, 8), np.float32),  # not stored by the checkpoint format
+    }
+    spec = NeuronSpec({"layers/0/kernel": ("-", "out:h"), "layers/0/bias": ("out:h",),
+                       "layers/1/kernel": ("in:h", "-"), "layers/1/bias": ("-",),
+                       "empty": ("-", "in:h")})  # fmt: skip
+    return params, spec
+
+
+def _assert_same(got, want):
+    for (p, x), (q, y) in zip(growth.spec.leaves_with_paths(got),
+                              growth.spec.leaves_with_paths(want), strict=True):  # fmt: skip
+        assert p == q and x.dtype == y.dtype and np.array_equal(x, np.asarray(y)), p
+
+
+@pytest.mark.parametrize("method", ["exact", "copy", "iid"])
+def test_checkpoint_source_equals_in_memory(tmp_path, method):
+    flat, spec = _flat_resmlp()
+    save_checkpoint(tmp_path / "src", flat, {"family": "resmlp"})
+    target = dict(width={"d": 24, "h": 40}, depth={"blocks": 4}, method=method, key=5)
+    loaded, _ = load_checkpoint(tmp_path / "src")
+    ref, report = growth.grow(loaded, spec, **target)
+    r1 = grow_stream(tmp_path / "src", tmp_path / "out", spec, **target)
+    r2 = grow_stream(tmp_path / "src", tmp_path / "out.safetensors", spec, **target)
+    assert r1.sizes_after == r2.sizes_after == report.sizes_after
+    got, meta = load_checkpoint(tmp_path / "out")
+    assert meta["source_meta"] == {"family": "resmlp"} and meta["growth"]["sizes_after"]["h"] == 40
+    _assert_same(got, ref)
+    _assert_same(load_file(str(tmp_path / "out.safetensors")), ref)
+
+
+def test_checkpoint_source_int_keys_and_empty_leaves(tmp_path):
+    params, spec = _int_keyed()
+    save_checkpoint(tmp_path / "src", params, {})
+    target = dict(width={"h": 20}, method="iid", key=1)
+    ref, _ = growth.grow(params, spec, **target)
+    grow_stream(tmp_path / "src", tmp_path / "out", spec, meta={"note": "x"}, **target)
+    got, meta = load_checkpoint(tmp_path / "out")
+    assert meta == {"note": "x"} and set(got["layers"]) == {0, 1}  # int keys kept
+    assert got["empty"].shape == (0, 20)
+    _assert_same(got, ref)
+    # a safetensors output of it grows again with the same spec (names are the tree paths)
+    grow_stream(tmp_path / "src", tmp_path / "o.safetensors", spec, **target)
+    names = sorted(load_file(str(tmp_path / "o.safetensors")))
+    assert names == ["empty", *(f"layers/{i}/{k}" for i in (0, 1) for k in ("bias", "kernel"))]
+
+
+@pytest.mark.parametrize("out", ["out", "out.safetensors"])
+def test_failed_stream_leaves_nothing(tmp_path, monkeypatch, out):
+    flat, spec = _flat_resmlp()
+    save_checkpoint(tmp_path / "src", flat, {})
+    real = growth.stream.apply_leaves
+
+    def failing(plan, leaves, first_leaf=0, **kw):
+        if first_leaf == 3:
+            raise RuntimeError("disk on fire")
+        return real(plan, leaves, first_leaf, **kw)
+
+    monkeypatch.setattr(growth.stream, "apply_leaves", failing)
+    with pytest.raises((RuntimeError, CheckpointError), match="disk on fire"):
+        grow_stream(tmp_path / "src", tmp_path / out, spec, width={"h": 32})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / out)
+
+
+def test_checkpoint_source_bad_input(tmp_path):
+    flat, spec = _flat_resmlp()
+    (tmp_path / "notckpt").mkdir()
+    with pytest.raises(CheckpointError, match=r"notckpt is incomplete"):
+        grow_stream(tmp_path / "notckpt", tmp_path / "o", spec)
+    (tmp_path / "junk").write_bytes(b"12345678")
+    with pytest.raises(CheckpointError, match=r"junk.*not a safetensors file"):
+        grow_stream(tmp_path / "junk", tmp_path / "o", spec)
+    with pytest.raises(CheckpointError, match="no such"):
+        grow_stream(tmp_path / "nope", tmp_path / "o", spec)
+    save_checkpoint(tmp_path / "src", flat, {})
+    with pytest.raises(CheckpointError, match="exists; refusing"):
+        grow_stream(tmp_path / "src", tmp_path / "src", spec)
+    # spec does not fit the leaves: the error names the source and the leaf
+    bad = NeuronSpec({k: v for k, v in spec.patterns.items() if k != "w2"})
+    with pytest.raises(growth.SpecError, match=r"src: leaf 'w2' is not described"):
+        grow_stream(tmp_path / "src", tmp_path / "o", bad, width={"h": 32})
+    # tree.json disagrees with orbax's metadata
+    tree = json.loads((tmp_path / "src" / "tree.json").read_text())
+    for k, leaf in tree["tree"]["dict"]:
+        if k == "w1":
+            leaf["shape"][0] += 1
+    (tmp_path / "src" / "tree.json").write_text(json.dumps(tree))
+    with pytest.raises(CheckpointError, match=r"src: params\['w1'\]: params/ holds float32"):
+        grow_stream(tmp_path / "src", tmp_path / "o", spec)
+    # NaN: refused at plan time, before anything is written
+    flat["w1"] = flat["w1"].copy()
+    flat["w1"][0, 0, 0] = np.inf
+    save_checkpoint(tmp_path / "nan", flat, {})
+    with pytest.raises(growth.GrowthError, match="'w1' contains NaN"):
+        grow_stream(tmp_path / "nan", tmp_path / "o", spec, width={"h": 32})
+    assert not (tmp_path / "o").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk", "nan", "notckpt", "src"]
