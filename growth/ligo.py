@@ -22,6 +22,10 @@ identical gradients and never separate (a saddle). :func:`dense_operators` there
 ``sigma / n * N(0, 1)`` to every entry of ``A_S`` (LiGO's operators start from a random
 initialisation too); ``sigma = 0`` reproduces the plan exactly.
 
+Paired (rotary) spaces: at init ``A_hd`` is the plan's pair map, so each new pair is a source
+pair and keeps its frequency (``grown_config``); a learned ``A_hd`` may mix entries across pairs,
+which is still a valid model of the grown config, just no longer a rotation-preserving map.
+
 Padded maps (LEMON's rule for a normalised space grown to a non-multiple width) are refused:
 their pad slots are filled per leaf kind (row mean for writers, the mean gain times sqrt(kn/N) for
 norm gains, zero for norm biases), which no single shared ``A_S`` expresses.
@@ -235,8 +239,9 @@ def grow_ligo(
 
     Returns ``(big_config, big_params, info)``; info holds ``loss_curve`` (per operator step),
     ``zero_shot_loss_init`` / ``zero_shot_loss`` (on ``eval_batch`` at the initial / trained
-    operators), ``operator_params``, ``small_params``, ``big_params`` and
-    ``function_preserving`` (False: the learned operators change the function).
+    operators), ``operator_params``, ``small_params``, ``big_params``, ``function_preserving``
+    (False: the learned operators change the function) and ``report`` (the initial plan's
+    GrowthReport: sizes and copy counts of the map the operators start from).
     """
     fam = get_family(family)
     method = Method(symmetry="none", sigma=0.0, depth=depth_rule, name="ligo")
