@@ -182,13 +182,15 @@ def learn_operators(
 
     loss: ``loss_fn(apply_operators(ops, params, resolved), *batch)`` (a traced scalar), one
     batch from ``batches`` per step. Returns ``(trained ops, training loss per step)``; raises
-    GrowthError on bad ``steps``/``lr`` or when the loss becomes non-finite.
+    GrowthError on bad ``steps``/``lr``, no operators, too few batches or a non-finite loss.
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise GrowthError(f"ligo steps={steps!r}: expected an integer >= 1")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise GrowthError(f"ligo lr={lr!r}: expected a positive finite number")
     check_operators(ops, resolved)
+    if not ops.width and not ops.depth:
+        raise GrowthError("ligo: no operators to learn (no space or stack changes size)")
     opt = optax.adam(lr)
 
     @jax.jit
@@ -202,7 +204,10 @@ def learn_operators(
 
     state, curve = opt.init(ops), []
     for k in range(1, int(steps) + 1):
-        batch = tuple(jnp.asarray(b) for b in next(batches))
+        batch = next(batches, None)
+        if batch is None:
+            raise GrowthError(f"ligo: batches ran out after {k - 1} of steps={steps} steps")
+        batch = tuple(jnp.asarray(b) for b in batch)
         ops, state, loss = step(ops, state, params, *batch)
         curve.append(float(loss))
         if not math.isfinite(curve[-1]):

@@ -240,6 +240,11 @@ def test_learn_operators_rejects_bad_steps_and_lr():
     for steps, lr in ((0, 1e-3), (True, 1e-3), (2.0, 1e-3), (5, 0.0), (5, float("nan"))):
         with pytest.raises(GrowthError, match="steps" if lr == 1e-3 else "lr"):
             learn_operators(ops, p, plan.resolved, loss, iter([]), steps, lr)
+    batches = iter([(jnp.ones((2, 5)),)])
+    with pytest.raises(GrowthError, match="batches ran out after 1 of steps=2"):
+        learn_operators(ops, p, plan.resolved, loss, batches, 2, 1e-3)
+    with pytest.raises(GrowthError, match="no operators"):
+        learn_operators(Operators({}, {}), p, plan.resolved, loss, batches, 2, 1e-3)
 
 
 def test_operator_errors_name_the_problem():
