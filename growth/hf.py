@@ -22,7 +22,9 @@ maps is exact (a LayerNorm over a tiled vector is the tiled LayerNorm; copies st
 Depth growth is *not* exact: a block whose branches output zero still applies its two
 LayerNorms to the residual stream (``x -> LN(x) != x``). ``grow_hf`` says so in the report and
 offers ``new_block_ln="unit"`` (the new block's first LayerNorm gain 1, bias 0), which makes the
-error smaller but not zero (docs/hf.md has the numbers). GPT-2 / Llama are not supported yet.
+error smaller but not zero (docs/hf.md has the numbers). GPT-2 and Llama checkpoints
+(``model_type`` ``"gpt2"`` / ``"llama"``) are mapped onto our decoder family by
+:mod:`growth.hf_decoder`; the entry points here dispatch on ``model_type``.
 
 A numpy reference forward and tokenizer for these checkpoints live in :mod:`growth.bert`.
 """
@@ -44,7 +46,8 @@ from growth.spec import LeafSpec, NeuronSpec
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
-SUPPORTED = ("bert",)
+SUPPORTED = ("bert", "gpt2", "llama")
+DECODERS = ("gpt2", "llama")  # handled by growth.hf_decoder
 _PRIVATE = "_mfgrow"  # config key holding import facts (prefix, buffers, dtypes); not exported
 
 # (internal name, HF suffix under encoder.layer.{i}.)
@@ -120,7 +123,9 @@ def _safetensors():
     return load_file, save_file, safe_open
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """``config.json`` of a HF checkpoint directory (which must also hold ``model.safetensors``),
+    checked to be a JSON object with a supported ``model_type``."""
     if not path.is_dir():
         raise CheckpointError(f"HF checkpoint {str(path)!r}: no such directory")
     for name in (CONFIG, WEIGHTS):
@@ -140,8 +145,14 @@ def _read_config(path: Path) -> dict:
         arch = config.get("architectures")
         raise GrowthError(
             f"HF checkpoint {str(path)!r}: unsupported architecture model_type={kind!r} "
-            f"(architectures={arch}); supported: {list(SUPPORTED)} (BERT-family encoders)"
+            f"(architectures={arch}); supported: {list(SUPPORTED)} (BERT-family encoders, "
+            "GPT-2 and Llama decoders)"
         )
+    return config
+
+
+def _read_config(path: Path) -> dict:
+    config = read_config(path)
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise GrowthError(
             f"HF checkpoint {str(path)!r}: position_embedding_type="
@@ -150,16 +161,8 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
-    """Load a HF BERT checkpoint directory -> ``(params, config, spec)``.
-
-    ``params`` is a nested dict of numpy arrays (layers stacked on axis 0; q/k/v reshaped to
-    ``[L, heads, head_dim, d]``, the attention output to ``[L, d, heads, head_dim]``);
-    ``config`` is ``config.json`` plus a private ``"_mfgrow"`` entry (key prefix, buffers,
-    dtypes, safetensors metadata) that :func:`save_hf` uses and does not write out.
-    """
-    path = Path(path)
-    config = _read_config(path)
+def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``(tensors, safetensors metadata)`` of ``path/model.safetensors``."""
     load_file, _, safe_open = _safetensors()
     try:
         tensors = load_file(str(path / WEIGHTS))
@@ -167,6 +170,25 @@ def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
             metadata = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{path / WEIGHTS}: cannot read ({type(e).__name__}: {e})") from e
+    return tensors, metadata
+
+
+def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
+    """Load a HF BERT checkpoint directory -> ``(params, config, spec)`` (GPT-2 / Llama: see
+    :func:`growth.hf_decoder.load_decoder`).
+
+    ``params`` is a nested dict of numpy arrays (layers stacked on axis 0; q/k/v reshaped to
+    ``[L, heads, head_dim, d]``, the attention output to ``[L, d, heads, head_dim]``);
+    ``config`` is ``config.json`` plus a private ``"_mfgrow"`` entry (key prefix, buffers,
+    dtypes, safetensors metadata) that :func:`save_hf` uses and does not write out.
+    """
+    path = Path(path)
+    if read_config(path).get("model_type") in DECODERS:
+        from growth.hf_decoder import load_decoder
+
+        return load_decoder(path)
+    config = _read_config(path)
+    tensors, metadata = read_tensors(path)
 
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
     L = int(config["num_hidden_layers"])
@@ -278,19 +300,39 @@ def save_hf(
     Atomic: written into ``<path>.tmp-<random>`` and renamed into place, so ``path`` is either
     absent, the old checkpoint or the complete new one. Returns the path.
     """
+    if Path(path).exists() and not overwrite:
+        raise CheckpointError(f"{str(path)!r} exists; pass overwrite=True (--overwrite)")
+    if config.get("model_type") in DECODERS:
+        from growth.hf_decoder import to_tensors
+
+        tensors = to_tensors(params, config)
+    else:
+        tensors = _to_tensors(params, config)
+    public = {k: v for k, v in config.items() if k != _PRIVATE}
+    metadata = config.get(_PRIVATE, {}).get("metadata") or {"format": "pt"}
+    return write_checkpoint(path, tensors, public, metadata, overwrite=overwrite)
+
+
+def write_checkpoint(
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    metadata: Mapping[str, str],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` atomically (temporary sibling directory,
+    then rename; an existing ``path`` is replaced only with ``overwrite``)."""
     target = Path(path)
     if target.exists() and not overwrite:
         raise CheckpointError(f"{str(target)!r} exists; pass overwrite=True (--overwrite)")
     _, save_file, _ = _safetensors()
-    tensors = _to_tensors(params, config)
-    public = {k: v for k, v in config.items() if k != _PRIVATE}
-    metadata = config.get(_PRIVATE, {}).get("metadata") or {"format": "pt"}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.tmp-{secrets.token_hex(6)}")
     tmp.mkdir()
     try:
-        save_file(tensors, str(tmp / WEIGHTS), metadata=dict(metadata))
-        (tmp / CONFIG).write_text(json.dumps(public, indent=2) + "\n")
+        save_file(dict(tensors), str(tmp / WEIGHTS), metadata=dict(metadata))
+        (tmp / CONFIG).write_text(json.dumps(dict(config), indent=2) + "\n")
         if target.exists():
             old = target.with_name(f"{target.name}.old-{secrets.token_hex(6)}")
             os.rename(target, old)
@@ -342,13 +384,15 @@ def grow_hf(
     new_block_ln: str = "copy",
     overwrite: bool = False,
 ):
-    """Grow a HF BERT checkpoint directory into ``out``; returns the GrowthReport.
+    """Grow a HF BERT, GPT-2 or Llama checkpoint directory into ``out``; returns the report.
 
     width: ``{"d": 768, "heads": 24, "ff": 3072}``, a factor (``2`` / ``"x2"``: every width
     space) or ``"d=768,heads=24,ff=x2"``. depth: ``{"layers": 12}``, a factor or a string.
     new_block_ln: LayerNorms of inserted blocks (depth rule ``identity``): ``"copy"`` (the
     engine's copy of the source block) or ``"unit"`` (first LayerNorm gain 1, bias 0). Neither is
-    exact in post-LN BERT; the report says so.
+    exact in post-LN BERT; the report says so. GPT-2 / Llama (pre-norm): width spaces ``d``,
+    ``heads``, ``ff``, depth ``layers``; exact with ``copy`` / ``exact`` (see
+    :func:`growth.hf_decoder.grow_decoder`).
     """
     params, config, spec = load_hf(src)
     grown, cfg, plan = grow_params(
@@ -379,6 +423,15 @@ def grow_params(
     """In-memory :func:`grow_hf`: ``(grown params, grown config, GrowthPlan)``."""
     from growth.engine import apply_plan, plan_growth
 
+    if config.get("model_type") in DECODERS:
+        if new_block_ln != "copy":
+            raise GrowthError(
+                f"new_block_ln={new_block_ln!r}: only for post-LN BERT; pre-norm GPT-2/Llama "
+                "blocks with zeroed residual outputs are exact identities"
+            )
+        from growth.hf_decoder import grow_decoder
+
+        return grow_decoder(params, config, width=width, depth=depth, method=method, seed=seed)
     if new_block_ln not in ("copy", "unit"):
         raise GrowthError(f"new_block_ln={new_block_ln!r}: expected 'copy' or 'unit'")
     resolved = spec.resolve(params)

@@ -64,6 +64,8 @@ class DecoderConfig:
     rope_freqs: one frequency per rotary pair (length head_dim/2); None = the standard
         ``rope_base^(-2i/head_dim)``; a grown model carries the frequencies of its source pairs.
     readout_mult: multiplier of the logits (muP's output multiplier); tied growth rescales it.
+    gelu_approximate: the GELU MLP's tanh approximation (GPT-2's ``gelu_new``; default) or,
+        False, the exact ``x Phi(x)`` (erf).
     """
 
     vocab: int = 256
@@ -84,6 +86,7 @@ class DecoderConfig:
     readout_mult: float = 1.0
     rope_base: float = 10000.0
     rope_freqs: tuple[float, ...] | None = None
+    gelu_approximate: bool = True
 
     def __post_init__(self) -> None:
         def err(field: str, expected: str) -> ConfigError:
@@ -265,7 +268,7 @@ class Decoder(nnx.Module):
             if c.mlp == "swiglu":
                 u = jax.nn.silu(h @ p["w_gate"] + (p["b_gate"] if c.bias else 0.0)) * u
             else:
-                u = jax.nn.gelu(u)
+                u = jax.nn.gelu(u, approximate=c.gelu_approximate)
             return x + u @ p["w_down"] + (p["b_down"] if c.bias else 0.0), None
 
         stack = {k: v[...] for k, v in self.blocks.items()}
