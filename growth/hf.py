@@ -31,10 +31,7 @@ A numpy reference forward and tokenizer for these checkpoints live in :mod:`grow
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,13 +39,19 @@ from typing import Any
 import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
+from growth.hf_io import (  # noqa: F401  (CONFIG, WEIGHTS, SUPPORTED: public names here too)
+    CONFIG,
+    DECODERS,
+    SUPPORTED,
+    WEIGHTS,
+    read_config,
+    read_tensors,
+    write_checkpoint,
+)
+from growth.hf_io import PRIVATE as _PRIVATE
+from growth.hf_io import numpy_tree as _numpy_tree
+from growth.hf_io import parse_growth_targets as _targets
 from growth.spec import LeafSpec, NeuronSpec
-
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
-SUPPORTED = ("bert", "gpt2", "llama")
-DECODERS = ("gpt2", "llama")  # handled by growth.hf_decoder
-_PRIVATE = "_mfgrow"  # config key holding import facts (prefix, buffers, dtypes); not exported
 
 # (internal name, HF suffix under encoder.layer.{i}.)
 _LAYER_KEYS = {
@@ -114,43 +117,6 @@ def bert_spec(with_pooler: bool = True) -> NeuronSpec:
 # import / export
 
 
-def _safetensors():
-    try:
-        from safetensors import safe_open
-        from safetensors.numpy import load_file, save_file
-    except ImportError as e:  # pragma: no cover - it is a dependency
-        raise CheckpointError("reading HF checkpoints needs the 'safetensors' package") from e
-    return load_file, save_file, safe_open
-
-
-def read_config(path: Path) -> dict:
-    """``config.json`` of a HF checkpoint directory (which must also hold ``model.safetensors``),
-    checked to be a JSON object with a supported ``model_type``."""
-    if not path.is_dir():
-        raise CheckpointError(f"HF checkpoint {str(path)!r}: no such directory")
-    for name in (CONFIG, WEIGHTS):
-        if not (path / name).is_file():
-            raise CheckpointError(
-                f"HF checkpoint {str(path)!r}: missing {name!r} (expected {CONFIG} + {WEIGHTS}; "
-                "sharded or .bin checkpoints are not supported)"
-            )
-    try:
-        config = json.loads((path / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path / CONFIG}: not valid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path / CONFIG}: expected a JSON object")
-    kind = config.get("model_type")
-    if kind not in SUPPORTED:
-        arch = config.get("architectures")
-        raise GrowthError(
-            f"HF checkpoint {str(path)!r}: unsupported architecture model_type={kind!r} "
-            f"(architectures={arch}); supported: {list(SUPPORTED)} (BERT-family encoders, "
-            "GPT-2 and Llama decoders)"
-        )
-    return config
-
-
 def _read_config(path: Path) -> dict:
     config = read_config(path)
     if config.get("position_embedding_type", "absolute") != "absolute":
@@ -159,18 +125,6 @@ def _read_config(path: Path) -> dict:
             f"{config['position_embedding_type']!r} is not supported (only 'absolute')"
         )
     return config
-
-
-def read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``(tensors, safetensors metadata)`` of ``path/model.safetensors``."""
-    load_file, _, safe_open = _safetensors()
-    try:
-        tensors = load_file(str(path / WEIGHTS))
-        with safe_open(str(path / WEIGHTS), framework="numpy") as f:
-            metadata = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{path / WEIGHTS}: cannot read ({type(e).__name__}: {e})") from e
-    return tensors, metadata
 
 
 def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
@@ -313,39 +267,6 @@ def save_hf(
     return write_checkpoint(path, tensors, public, metadata, overwrite=overwrite)
 
 
-def write_checkpoint(
-    path: str | os.PathLike,
-    tensors: Mapping[str, np.ndarray],
-    config: Mapping[str, Any],
-    metadata: Mapping[str, str],
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` atomically (temporary sibling directory,
-    then rename; an existing ``path`` is replaced only with ``overwrite``)."""
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise CheckpointError(f"{str(target)!r} exists; pass overwrite=True (--overwrite)")
-    _, save_file, _ = _safetensors()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{secrets.token_hex(6)}")
-    tmp.mkdir()
-    try:
-        save_file(dict(tensors), str(tmp / WEIGHTS), metadata=dict(metadata))
-        (tmp / CONFIG).write_text(json.dumps(dict(config), indent=2) + "\n")
-        if target.exists():
-            old = target.with_name(f"{target.name}.old-{secrets.token_hex(6)}")
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 # --------------------------------------------------------------------------------------------
 # growth
 
@@ -361,16 +282,6 @@ def grown_config(config: Mapping[str, Any], params: Mapping[str, Any], eps_scale
     if "d" in eps_scale:
         out["layer_norm_eps"] = float(config.get("layer_norm_eps", 1e-12)) * eps_scale["d"]
     return out
-
-
-def _targets(spec_sizes: Mapping[str, int], value: Any, what: str) -> dict[str, int]:
-    if value is None or isinstance(value, Mapping):
-        return dict(value or {})
-    from growth.commands import parse_targets
-
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = f"x{value}"
-    return parse_targets(str(value), spec_sizes, what)
 
 
 def grow_hf(
@@ -454,12 +365,6 @@ def grow_params(
             f"(x -> LN(x) != x), so depth growth is approximate (new_block_ln={new_block_ln!r})"
         )
     return grown, grown_config(config, grown, report.eps_scale), plan
-
-
-def _numpy_tree(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {k: _numpy_tree(v) for k, v in tree.items()}
-    return np.array(tree)
 
 
 def minilm_dir() -> Path:

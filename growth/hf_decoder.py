@@ -27,193 +27,30 @@ Llama's RMSNorm, SwiGLU ``silu(gate) * up`` and rotate-half rotary with ``rope_t
 decoder's own. HF has no readout multiplier: a tied model grown in ``d`` (``readout_mult = n/N``)
 is exported with the multiplier folded into the final norm, ``m N_f(x) = xhat (m g) + m b``,
 which is exact and keeps the readout tied (:func:`export_params`).
+
+Config mapping and layouts: :mod:`growth.hf_layout`; shared I/O: :mod:`growth.hf_io`; an
+independent numpy forward of both architectures for checking: :mod:`growth.hf_reference`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
-from growth.hf import _PRIVATE, WEIGHTS, _numpy_tree, _targets, read_config, read_tensors
+from growth.hf_io import PRIVATE as _PRIVATE
+from growth.hf_io import WEIGHTS, read_config, read_tensors
+from growth.hf_io import numpy_tree as _numpy_tree
+from growth.hf_io import parse_growth_targets as _targets
+from growth.hf_layout import HEAD, LAYOUT, PREFIX, TOP, decoder_config, hf_config
 from growth.models import decoder
 from growth.models.decoder import DecoderConfig
 from growth.spec import NeuronSpec
 
-MODEL_TYPES = ("gpt2", "llama")
-PREFIX = {"gpt2": "transformer.", "llama": "model."}
-GPT2_ACTS = {"gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True, "gelu": False}
-HEAD = "lm_head.weight"
-# config keys whose non-null/true value our decoder does not reproduce
-_REFUSED = ("sliding_window", "use_sliding_window", "add_cross_attention", "partial_rotary_factor",
-            "scale_attn_by_inverse_layer_idx", "attn_logit_softcapping")  # fmt: skip
-
-
-def _err(key: str, value: Any, expected: str) -> GrowthError:
-    return GrowthError(f"config.json {key}={value!r} is not supported: {expected}")
-
-
-def _need(config: Mapping[str, Any], key: str) -> int:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CheckpointError(f"config.json {key}={value!r}: expected a positive integer")
-    return value
-
-
-def _rope_theta(config: Mapping[str, Any]) -> float:
-    """``rope_theta`` (transformers 4: top level, 5: inside ``rope_parameters``); any rotary
-    scaling (``rope_scaling`` / ``rope_parameters.rope_type`` other than ``"default"``) refused."""
-    for key in ("rope_scaling", "rope_parameters"):
-        val = config.get(key)
-        if val is None:
-            continue
-        kind = val.get("rope_type", val.get("type", "default")) if isinstance(val, dict) else val
-        if kind != "default":
-            raise _err(key, val, "only unscaled rotary embeddings (rope_type 'default' or null)")
-        if float(val.get("partial_rotary_factor", 1.0)) != 1.0:
-            raise _err(key, val, "partial_rotary_factor must be 1")
-    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))
-    return 10000.0 if theta is None else float(theta)
-
-
-def decoder_config(config: Mapping[str, Any]) -> DecoderConfig:
-    """The :class:`DecoderConfig` computing what HF computes for this ``config.json``; refuses
-    (GrowthError naming the key) anything our decoder does not reproduce exactly."""
-    kind = config.get("model_type")
-    if kind not in MODEL_TYPES:
-        raise GrowthError(f"model_type={kind!r}: expected one of {MODEL_TYPES}")
-    for key in _REFUSED:
-        val = config.get(key)
-        if val not in (None, False) and not (key == "partial_rotary_factor" and val == 1):
-            raise _err(key, val, "expected null/false (not reproduced by our decoder)")
-    d, L = (_need(config, "n_embd"), _need(config, "n_layer")) if kind == "gpt2" else (
-        _need(config, "hidden_size"), _need(config, "num_hidden_layers"))  # fmt: skip
-    H = _need(config, "n_head" if kind == "gpt2" else "num_attention_heads")
-    if kind == "gpt2":
-        act = config.get("activation_function", "gelu_new")
-        if act not in GPT2_ACTS:
-            raise _err("activation_function", act, f"expected one of {sorted(GPT2_ACTS)}")
-        if d % H:
-            raise _err("n_head", H, f"must divide n_embd={d} (GPT-2: head_dim = n_embd / n_head)")
-        return DecoderConfig(
-            vocab=_need(config, "vocab_size"), d_model=d, n_layers=L, n_heads=H,
-            d_ff=config.get("n_inner") or 4 * d, max_len=_need(config, "n_positions"),
-            norm="layer", mlp="gelu", positions="learned",
-            tied=bool(config.get("tie_word_embeddings", True)), bias=True,
-            eps=float(config.get("layer_norm_epsilon", 1e-5)),
-            attn_scale=None if config.get("scale_attn_weights", True) else 1.0,
-            gelu_approximate=GPT2_ACTS[act],
-        )  # fmt: skip
-    act = config.get("hidden_act", "silu")
-    if act not in ("silu", "swish"):
-        raise _err("hidden_act", act, "expected 'silu' (SwiGLU silu(gate) * up)")
-    bias = bool(config.get("attention_bias", False))
-    if bool(config.get("mlp_bias", False)) != bias:
-        raise _err("mlp_bias", config.get("mlp_bias"), f"must equal attention_bias={bias} (our "
-                   "decoder has biases on all projections or none)")  # fmt: skip
-    kv = config.get("num_key_value_heads") or H
-    if H % kv:
-        raise _err("num_key_value_heads", kv, f"must divide num_attention_heads={H}")
-    hd = config.get("head_dim") or d // H
-    if not config.get("head_dim") and d % H:
-        raise _err("num_attention_heads", H, f"must divide hidden_size={d} (or give head_dim)")
-    return DecoderConfig(
-        vocab=_need(config, "vocab_size"), d_model=d, n_layers=L, n_heads=H, n_kv_heads=kv,
-        head_dim=hd, d_ff=_need(config, "intermediate_size"),
-        max_len=int(config.get("max_position_embeddings", 2048)), norm="rms", mlp="swiglu",
-        positions="rotary", tied=bool(config.get("tie_word_embeddings", False)), bias=bias,
-        eps=float(config.get("rms_norm_eps", 1e-6)), rope_base=_rope_theta(config),
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# layouts: stacked HF tensors [L, ...] <-> our stacked leaves
-
-
-def _gpt2_in(get: Callable[[str, tuple], np.ndarray], c: DecoderConfig) -> dict:
-    L, d, H, hd, ff = c.n_layers, c.d_model, c.n_heads, c.head_dim, c.d_ff
-    D = H * hd
-    w, b = get("attn.c_attn.weight", (d, 3 * D)), get("attn.c_attn.bias", (3 * D,))
-    return {
-        "ln1_scale": get("ln_1.weight", (d,)), "ln1_bias": get("ln_1.bias", (d,)),
-        "wq": w[..., :D].reshape(L, d, H, 1, hd), "wk": w[..., D:2 * D].reshape(L, d, H, hd),
-        "wv": w[..., 2 * D:].reshape(L, d, H, hd), "bq": b[:, :D].reshape(L, H, 1, hd),
-        "bk": b[:, D:2 * D].reshape(L, H, hd), "bv": b[:, 2 * D:].reshape(L, H, hd),
-        "wo": get("attn.c_proj.weight", (D, d)).reshape(L, H, 1, hd, d),
-        "bo": get("attn.c_proj.bias", (d,)),
-        "ln2_scale": get("ln_2.weight", (d,)), "ln2_bias": get("ln_2.bias", (d,)),
-        "w_up": get("mlp.c_fc.weight", (d, ff)), "b_up": get("mlp.c_fc.bias", (ff,)),
-        "w_down": get("mlp.c_proj.weight", (ff, d)), "b_down": get("mlp.c_proj.bias", (d,)),
-    }  # fmt: skip
-
-
-def _gpt2_out(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    L, d = p["wq"].shape[:2]
-    flat = [p[n].reshape(L, d, -1) for n in ("wq", "wk", "wv")]
-    return {
-        "ln_1.weight": p["ln1_scale"], "ln_1.bias": p["ln1_bias"],
-        "attn.c_attn.weight": np.concatenate(flat, -1),
-        "attn.c_attn.bias": np.concatenate([p[n].reshape(L, -1) for n in ("bq", "bk", "bv")], -1),
-        "attn.c_proj.weight": p["wo"].reshape(L, -1, d), "attn.c_proj.bias": p["bo"],
-        "ln_2.weight": p["ln2_scale"], "ln_2.bias": p["ln2_bias"],
-        "mlp.c_fc.weight": p["w_up"], "mlp.c_fc.bias": p["b_up"],
-        "mlp.c_proj.weight": p["w_down"], "mlp.c_proj.bias": p["b_down"],
-    }  # fmt: skip
-
-
-def _llama_in(get: Callable[[str, tuple], np.ndarray], c: DecoderConfig) -> dict:
-    L, d, kv, g, hd, ff = c.n_layers, c.d_model, c.n_kv_heads, c.group, c.head_dim, c.d_ff
-    a, m = "self_attn.", "mlp."
-    p = {
-        "ln1_scale": get("input_layernorm.weight", (d,)),
-        "wq": get(a + "q_proj.weight", (kv * g * hd, d)).reshape(L, kv, g, hd, d)
-        .transpose(0, 4, 1, 2, 3),
-        "wk": get(a + "k_proj.weight", (kv * hd, d)).reshape(L, kv, hd, d).transpose(0, 3, 1, 2),
-        "wv": get(a + "v_proj.weight", (kv * hd, d)).reshape(L, kv, hd, d).transpose(0, 3, 1, 2),
-        "wo": get(a + "o_proj.weight", (d, kv * g * hd)).reshape(L, d, kv, g, hd)
-        .transpose(0, 2, 3, 4, 1),
-        "ln2_scale": get("post_attention_layernorm.weight", (d,)),
-        "w_gate": get(m + "gate_proj.weight", (ff, d)).transpose(0, 2, 1),
-        "w_up": get(m + "up_proj.weight", (ff, d)).transpose(0, 2, 1),
-        "w_down": get(m + "down_proj.weight", (d, ff)).transpose(0, 2, 1),
-    }  # fmt: skip
-    if c.bias:
-        p |= {
-            "bq": get(a + "q_proj.bias", (kv * g * hd,)).reshape(L, kv, g, hd),
-            "bk": get(a + "k_proj.bias", (kv * hd,)).reshape(L, kv, hd),
-            "bv": get(a + "v_proj.bias", (kv * hd,)).reshape(L, kv, hd),
-            "bo": get(a + "o_proj.bias", (d,)), "b_gate": get(m + "gate_proj.bias", (ff,)),
-            "b_up": get(m + "up_proj.bias", (ff,)), "b_down": get(m + "down_proj.bias", (d,)),
-        }  # fmt: skip
-    return p
-
-
-def _llama_out(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    L, d = p["wq"].shape[:2]
-    a, m = "self_attn.", "mlp."
-    out = {
-        "input_layernorm.weight": p["ln1_scale"],
-        a + "q_proj.weight": p["wq"].transpose(0, 2, 3, 4, 1).reshape(L, -1, d),
-        a + "k_proj.weight": p["wk"].transpose(0, 2, 3, 1).reshape(L, -1, d),
-        a + "v_proj.weight": p["wv"].transpose(0, 2, 3, 1).reshape(L, -1, d),
-        a + "o_proj.weight": p["wo"].transpose(0, 4, 1, 2, 3).reshape(L, d, -1),
-        "post_attention_layernorm.weight": p["ln2_scale"],
-        m + "gate_proj.weight": p["w_gate"].transpose(0, 2, 1),
-        m + "up_proj.weight": p["w_up"].transpose(0, 2, 1),
-        m + "down_proj.weight": p["w_down"].transpose(0, 2, 1),
-    }
-    if "bq" in p:
-        out |= {a + f"{n}_proj.bias": p[f"b{n}"].reshape(L, -1) for n in "qkvo"}
-        out |= {m + f"{n}_proj.bias": p[f"b_{n}"] for n in ("gate", "up", "down")}
-    return out
-
-
-_LAYOUT = {"gpt2": ("h", _gpt2_in, _gpt2_out), "llama": ("layers", _llama_in, _llama_out)}
-# per-layer non-parameter tensors: (suffix, regenerate(config, recorded) -> array)
+# per-layer non-parameter tensors, checked on import and regenerated on export (_buffer)
 _BUFFERS = {"gpt2": ("attn.bias", "attn.masked_bias"), "llama": ("self_attn.rotary_emb.inv_freq",)}
 
 
@@ -255,21 +92,15 @@ def load_decoder(path: str | Path) -> tuple[dict, dict, NeuronSpec]:
         used.add(full)
         return tensors[full]
 
-    block, to_ours, _ = _LAYOUT[kind]
+    block, to_ours, _ = LAYOUT[kind]
 
     def stacked(suffix: str, shape: tuple[int, ...]) -> np.ndarray:
         return np.stack([take(f"{block}.{i}.{suffix}", shape) for i in range(c.n_layers)])
 
     V, d = c.vocab, c.d_model
+    shapes = {"embed": (V, d), "pos": (c.max_len, d), "final_scale": (d,), "final_bias": (d,)}
     params: dict[str, Any] = {"blocks": to_ours(stacked, c)}
-    if kind == "gpt2":
-        params |= {"embed": take("wte.weight", (V, d)), "pos": take("wpe.weight", (c.max_len, d))}
-        params |= {"final_scale": take("ln_f.weight", (d,)), "final_bias": take("ln_f.bias", (d,))}
-    else:
-        params |= {
-            "embed": take("embed_tokens.weight", (V, d)),
-            "final_scale": take("norm.weight", (d,)),
-        }
+    params |= {ours: take(key, shapes[ours]) for ours, key in TOP[kind].items()}
     head_in_file = HEAD in tensors
     if not c.tied:
         if not head_in_file:
@@ -279,8 +110,10 @@ def load_decoder(path: str | Path) -> tuple[dict, dict, NeuronSpec]:
             )
         params["head"] = take(HEAD, (V, d)).T
     elif head_in_file and not np.array_equal(take(HEAD, (V, d)), params["embed"]):
-        raise GrowthError(f"{path / WEIGHTS}: {HEAD!r} differs from the input embedding but "
-                          "config.json has tie_word_embeddings=true; set it to false")  # fmt: skip
+        raise GrowthError(
+            f"{path / WEIGHTS}: {HEAD!r} differs from the input embedding but "
+            "config.json has tie_word_embeddings=true; set it to false"
+        )
     buffers = {}
     for suffix in _BUFFERS[kind]:
         key = f"{block}.0.{suffix}"
@@ -310,8 +143,13 @@ def load_decoder(path: str | Path) -> tuple[dict, dict, NeuronSpec]:
     dtypes = {k: str(v.dtype) for k, v in _flat(params).items()}
     params = _numpy_tree(params)  # own contiguous copies
     config = dict(config)
-    config[_PRIVATE] = {"prefix": prefix, "buffers": buffers, "dtypes": dtypes,
-                        "metadata": metadata, "head_in_file": head_in_file}  # fmt: skip
+    config[_PRIVATE] = {
+        "prefix": prefix,
+        "buffers": buffers,
+        "dtypes": dtypes,
+        "metadata": metadata,
+        "head_in_file": head_in_file,
+    }
     return params, config, decoder.spec(c)
 
 
@@ -343,16 +181,13 @@ def to_tensors(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
     prefix, dtypes = priv.get("prefix", PREFIX[kind]), priv.get("dtypes", {})
     flat = {k: np.asarray(v) for k, v in _flat(params).items()}
     flat = {k: v.astype(dtypes.get(k, v.dtype), copy=False) for k, v in flat.items()}
-    block, _, to_hf = _LAYOUT[kind]
+    block, _, to_hf = LAYOUT[kind]
     stacked = to_hf({k[len("blocks/") :]: v for k, v in flat.items() if k.startswith("blocks/")})
     out = {f"{prefix}{block}.{i}.{s}": x[i] for s, x in stacked.items() for i in range(c.n_layers)}
     for suffix, rec in priv.get("buffers", {}).items():
         x = _buffer(kind, suffix, c, rec)
         out |= {f"{prefix}{block}.{i}.{suffix}": x for i in range(c.n_layers)}
-    names = {"embed": "wte.weight", "pos": "wpe.weight", "final_scale": "ln_f.weight",
-             "final_bias": "ln_f.bias"} if kind == "gpt2" else {
-             "embed": "embed_tokens.weight", "final_scale": "norm.weight"}  # fmt: skip
-    out |= {prefix + hf: flat[ours] for ours, hf in names.items()}
+    out |= {prefix + key: flat[ours] for ours, key in TOP[kind].items()}
     if not c.tied:
         out[HEAD] = flat["head"].T
     elif priv.get("head_in_file"):
@@ -363,54 +198,12 @@ def to_tensors(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
 def export_params(
     params: Mapping[str, Any], c: DecoderConfig, config: Mapping[str, Any]
 ) -> tuple[dict, dict]:
-    """``(params, config.json dict)`` expressing a decoder ``c`` / ``params`` as the HF model of
-    ``config`` (its ``model_type``; other keys kept): sizes and eps from ``c``, the readout
-    multiplier folded into the final norm (``m (xhat g + b) = xhat (m g) + m b``). Refuses what
-    HF cannot express: an attention scale other than ``head_dim^-1/2``, non-standard rotary
-    frequencies (a grown ``hd``), GPT-2 with ``d != heads * hd`` or grouped queries."""
-    kind = config["model_type"]
-    out = {k: v for k, v in config.items() if k != _PRIVATE}
-    H, hd, d = c.n_heads, c.head_dim, c.d_model
-    if not np.isclose(c.attn_scale, hd**-0.5, rtol=1e-9, atol=0) and not (
-        kind == "gpt2" and c.attn_scale == 1.0 and not config.get("scale_attn_weights", True)
-    ):
-        raise GrowthError(
-            f"attn_scale={c.attn_scale!r} != head_dim^-1/2 = {hd**-0.5!r}: HF "
-            "derives the attention scale from head_dim; do not grow 'hd'"
-        )
-    if kind == "gpt2":
-        if H * hd != d or c.group != 1:
-            raise GrowthError(f"GPT-2 needs n_embd = n_head * head_dim and no grouped queries; got "
-                              f"d={d}, heads={H} (kv={c.n_kv_heads}), head_dim={hd}: grow 'd' and "
-                              "'heads' by the same factor")  # fmt: skip
-        out |= {
-            "n_embd": d,
-            "n_head": H,
-            "n_layer": c.n_layers,
-            "layer_norm_epsilon": c.eps,
-            "n_inner": None if c.d_ff == 4 * d and config.get("n_inner") is None else c.d_ff,
-        }
-    else:
-        if c.rope_freqs is not None and not np.allclose(
-            c.rope_freqs, replace(c, rope_freqs=None).freqs(), rtol=1e-12
-        ):
-            raise GrowthError(
-                "rotary frequencies are not rope_theta^(-2i/head_dim) (a grown "
-                "head_dim): HF Llama cannot express them; do not grow 'hd'"
-            )
-        if d % H:
-            raise GrowthError(f"hidden_size={d} is not a multiple of num_attention_heads={H} "
-                              "(transformers refuses such Llama configs)")  # fmt: skip
-        out |= {
-            "hidden_size": d,
-            "num_attention_heads": H,
-            "num_key_value_heads": c.n_kv_heads,
-            "intermediate_size": c.d_ff,
-            "num_hidden_layers": c.n_layers,
-            "rms_norm_eps": c.eps,
-        }
-        if "head_dim" in config or hd != d // H:
-            out["head_dim"] = hd
+    """``(params, config)`` expressing a decoder ``c`` / ``params`` as the HF model of
+    ``config`` (its ``model_type``; other keys and the private import record kept): sizes and
+    eps from ``c`` (:func:`~growth.hf_layout.hf_config`, which refuses what HF cannot express),
+    the readout multiplier folded into the final norm, ``m (xhat g + b) = xhat (m g) + m b``
+    (exact; the readout stays tied). Then :func:`growth.hf.save_hf` writes it."""
+    out = hf_config(c, {k: v for k, v in config.items() if k != _PRIVATE})
     params = _numpy_tree(params)
     if c.readout_mult != 1.0:
         for k in ("final_scale", "final_bias"):
@@ -454,12 +247,15 @@ def grow_decoder(
             f"group size {c.group} (num_attention_heads / num_key_value_heads)"
         )
     if config["model_type"] == "gpt2" and w["d"] != w["heads"] * c.head_dim:
-        raise GrowthError(f"GPT-2 derives head_dim = n_embd / n_head = {c.head_dim}: width d="
-                          f"{w['d']} needs heads={w['d'] / c.head_dim:g}, got {w['heads']}; grow "
-                          "'d' and 'heads' by the same factor")  # fmt: skip
+        raise GrowthError(
+            f"GPT-2 derives head_dim = n_embd / n_head = {c.head_dim}: width d="
+            f"{w['d']} needs heads={w['d'] / c.head_dim:g}, got {w['heads']}; grow "
+            "'d' and 'heads' by the same factor"
+        )
     targets = {"d": w["d"], "kv": w["heads"] // c.group, "ff": w["ff"]}
-    plan = plan_growth(params, decoder.spec(c), width=targets, depth={"blocks": L},
-                       method=method, key=seed)  # fmt: skip
+    plan = plan_growth(
+        params, decoder.spec(c), width=targets, depth={"blocks": L}, method=method, key=seed
+    )
     grown = apply_plan(plan, params)
     c2 = decoder.grown(c, plan)
     if c2.readout_mult != 1.0:
