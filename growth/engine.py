@@ -72,15 +72,28 @@ def _check_targets(kind: str, targets: Mapping[str, Any], known: list[str]) -> d
     return checked
 
 
+def _host_value(leaf: Any) -> np.ndarray:
+    """The full value of a leaf on this host. A global ``jax.Array`` that spans other processes'
+    devices (multi-host) is all-gathered with ``process_allgather``: a collective, so every
+    process must call it for the same leaves in the same order (``plan_growth`` does)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
+
+
 def leaf_spreads(params: Any) -> tuple[float, ...]:
     """Per-leaf standard deviation of the entries (float64, on the host), in tree order.
 
     Also the finiteness check: raises GrowthError naming the first leaf that holds NaN or inf.
-    Computed once per plan, so the noise scales are identical however the leaves are sharded.
+    Computed once per plan, one leaf at a time, from the leaf's full value (gathered across
+    processes for multi-host arrays), so the noise scales are identical however the leaves are
+    sharded, on one host or several.
     """
     spreads = []
     for path, leaf in leaves_with_paths(params):
-        x = np.asarray(leaf)
+        x = _host_value(leaf)
         if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
             raise GrowthError(f"leaf {path!r} contains NaN or inf; refusing to grow it")
         spreads.append(float(np.std(x, dtype=np.float64)) if x.size else 0.0)

@@ -1,0 +1,118 @@
+"""Multi-host growth through ``jax.distributed``: two local CPU processes (4 devices each) form
+one 2x4 mesh; a globally sharded params pytree grows, and each process's addressable shards of
+the result equal the matching slices of an unsharded single-process growth, bit for bit, with
+the PartitionSpecs kept."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    import jax
+    pid, port = int(sys.argv[1]), sys.argv[2]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid,
+        initialization_timeout=60,
+    )
+    import numpy as np
+    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+    import growth
+    from growth.models import get_family, init_model, params_of
+    from growth.models.resmlp import ResMLPConfig
+
+    assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
+    assert jax.local_device_count() == 4
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"),
+                axis_types=(AxisType.Auto,) * 2)
+    cfg = ResMLPConfig(40, 16, 32, 2, 10)
+    # the same deterministic host params in both processes (shapes only from the model: no
+    # init compile)
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: params_of(init_model("resmlp", cfg)))
+    params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
+    spec = get_family("resmlp").spec(cfg)
+
+    def pspec(x):
+        if x.ndim == 3:
+            return P(None, "data", "model")
+        if x.ndim == 2 and x.shape[1] % 4 == 0:
+            return P(None, "model")
+        return P()
+
+    def shard(x):
+        s = NamedSharding(mesh, pspec(x))
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+    sharded = jax.tree_util.tree_map(shard, params)
+    assert not sharded["w1"].is_fully_addressable
+    target = dict(width={"d": 64, "h": 128}, depth={"blocks": 4}, key=3)
+    for method in ["exact", "copy", "iid"]:
+        ref, _ = growth.grow(params, spec, method=method, **target)  # unsharded, this process
+        got, _ = growth.grow(sharded, spec, method=method, **target)
+        paths = growth.spec.leaves_with_paths(got)
+        for (path, y), x in zip(paths, jax.tree_util.tree_leaves(ref), strict=True):
+            x = np.asarray(x)
+            assert y.shape == x.shape and y.dtype == x.dtype, (method, path)
+            for sh in y.addressable_shards:
+                assert np.array_equal(np.asarray(sh.data), x[sh.index]), (method, path, sh.index)
+            src = growth.spec.leaves_with_paths(sharded)
+        for (path, y), (_, s) in zip(paths, src, strict=True):
+            if s.sharding.is_fully_replicated:
+                continue
+            assert isinstance(y.sharding, NamedSharding), (method, path, y.sharding)
+            assert y.sharding.spec == s.sharding.spec, (method, path, y.sharding.spec)
+            assert len(y.addressable_shards) == 4
+        w1 = got["w1"]
+        assert w1.addressable_shards[0].data.shape == (4, 64 // 2, 128 // 4)
+    print(f"OK {pid}", flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _run_pair(timeout: float = 180) -> list[tuple[int, str]]:
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, str(i), port], env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+        for i in range(2)
+    ]
+    results = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout)
+            results.append((p.returncode, out))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        outs = [p.communicate()[0] for p in procs]
+        pytest.fail(f"multi-host workers timed out after {timeout}s:\n" + "\n---\n".join(
+            o[-3000:] for o in outs))  # fmt: skip
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return results
+
+
+def test_multihost_growth_matches_single_process():
+    results = _run_pair()
+    for i, (rc, out) in enumerate(results):
+        assert rc == 0 and f"OK {i}" in out, f"process {i} (rc={rc}):\n{out[-4000:]}"
