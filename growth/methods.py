@@ -28,9 +28,13 @@ name              sampler     scaling    symmetry    depth        guarantee
 ``lemon``         balanced    exact      zero-sum    identity     exact for any width (padded)
 ``stack``         balanced    exact      none        stack        width exact; depth approximate
 ``tleg``          balanced    exact      none        linear-fit   width exact; depth approximate
+``msg``           balanced    exact      zero-sum    identity     exact at mask 0 (**)
 ================  ==========  =========  ==========  ===========  ===============================
 
-Not implemented (see docs/methods.md): ``msg`` (needs a growth mask inside the model),
+(**) ``msg`` (``ramp_steps > 0``) is grown by ``growth.masked.grow_msg``, not by ``grow``: new units
+of non-normalised spaces and new blocks are drawn fresh and hidden behind a mask that ramps
+0 -> 1 over ``ramp_steps`` training steps; normalised spaces use the engine's copy map (the
+sampler/scaling/symmetry columns apply to them). Not implemented (see docs/methods.md):
 ``ligo`` (learned operator).
 
 ``smoothed`` perturbs the copies' fan-out slices (their features) with antithetic kernel noise
@@ -71,6 +75,9 @@ class Method:
     ``"next-block"`` (bert2BERT's AKI: in leaves stacked on a depth axis, the *new* units of
     block l take their fan-out slice from block l + 1, the last block from itself; changes the
     function).
+    ramp_steps: 0 for the engine's recipes; ``>= 1`` selects masked structural growth (MSG,
+    ``growth.masked``): new units and blocks are drawn fresh and masked, and the mask ramps
+    linearly from 0 to 1 over this many optimizer steps (``growth.masked.msg_transform``).
     """
 
     sampler: str = "balanced"
@@ -81,6 +88,7 @@ class Method:
     depth: str = "identity"
     name: str = "custom"
     fanout_source: str = "self"
+    ramp_steps: int = 0
 
     def __post_init__(self) -> None:
         for field, value, allowed in (
@@ -98,6 +106,12 @@ class Method:
         if self.fanout_source not in FANOUT_SOURCES:
             raise GrowthError(
                 f"method fanout_source={self.fanout_source!r}: expected one of {FANOUT_SOURCES}"
+            )
+        if isinstance(self.ramp_steps, bool) or not isinstance(self.ramp_steps, int) or (
+            self.ramp_steps < 0
+        ):
+            raise GrowthError(
+                f"method ramp_steps={self.ramp_steps!r}: expected an integer >= 0 (0: no mask)"
             )
         if self.sampler == "smoothed" and self.bandwidth == 0:
             raise GrowthError("method sampler='smoothed' needs bandwidth > 0")
@@ -144,6 +158,8 @@ METHODS: dict[str, Method] = {
     ),
     "stack": Method(symmetry="none", sigma=0.0, depth="stack", name="stack"),
     "tleg": Method(symmetry="none", sigma=0.0, depth="linear-fit", name="tleg"),
+    # zero-sum noise as in `exact` on the normalised spaces' copies; ramp: growth.masked
+    "msg": Method(sigma=1.0, ramp_steps=100, name="msg"),
 }
 
 #: name -> (source, guarantee). ``exact``: True when the recipe keeps the function exactly (within
@@ -189,6 +205,12 @@ RECIPE_INFO: dict[str, dict] = {
         "source": "Xia et al., TLEG, AAAI 2024 (arXiv 2312.05614)",
         "exact": True,
         "guarantee": "width exact; depth = least-squares linear profile, approximate",
+    },
+    "msg": {
+        "source": "Yao et al., Masked Structural Growth, ICLR 2024 (arXiv 2305.02869)",
+        "exact": True,
+        "guarantee": "exact at mask 0 for any new weights (normalised spaces: copy map); "
+        "mask ramps 0 -> 1",
     },
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -126,30 +127,41 @@ def fit(
     lr_multipliers: Sequence[float] | None = None,
     desc: str = "train",
     progress: bool = True,
+    transform: Callable[[Any, jax.Array], Any] | None = None,
 ) -> History:
     """Train ``model`` in place with AdamW; the task-independent loop.
 
     batches: yields tuples of arrays; ``loss_fn(model, *batch)`` is the (traced) mean loss;
     ``evaluate_fn(model) -> (test loss, test accuracy)`` runs at step 0 and every
     ``cfg.eval_every`` steps. Raises GrowthError if the training loss becomes non-finite.
+
+    transform: optional ``(raw params, t) -> effective params`` (t: int32 scalar, the number of
+    updates done so far) applied inside the jitted step before the forward pass -- gradients
+    flow through it to the raw params the optimizer updates -- and before every evaluation; the
+    model ends holding the effective params at ``t = cfg.steps`` (e.g. MSG's growth mask,
+    ``growth.masked.msg_transform``). Without it the loop is unchanged.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt = make_optimizer(cfg, lr_multipliers)
     opt_state = opt.init(params)
 
+    def effective(p, t):
+        return p if transform is None else transform(p, t)
+
     @jax.jit
-    def step(params, opt_state, *batch):
+    def step(params, opt_state, t, *batch):
         def objective(p):
-            return loss_fn(nnx.merge(graphdef, p, rest), *batch)
+            return loss_fn(nnx.merge(graphdef, effective(p, t), rest), *batch)
 
         loss, grads = jax.value_and_grad(objective)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     hist = History()
+    held = effective if transform is None else jax.jit(transform)  # what the model holds
 
     def record(k: int) -> None:
-        nnx.update(model, params)
+        nnx.update(model, held(params, jnp.int32(k)))
         loss, acc = evaluate_fn(model)
         hist.steps.append(k)
         hist.test_loss.append(float(loss))
@@ -160,7 +172,7 @@ def fit(
     running = []
     for k in bar:
         batch = tuple(jnp.asarray(b) for b in next(batches))
-        params, opt_state, loss = step(params, opt_state, *batch)
+        params, opt_state, loss = step(params, opt_state, jnp.int32(k - 1), *batch)
         running.append(loss)
         if k % cfg.eval_every == 0 or k == cfg.steps:
             train_loss = float(jnp.mean(jnp.stack(running)))
@@ -170,7 +182,7 @@ def fit(
             hist.train_loss.append(train_loss)
             record(k)
             bar.set_postfix(train=f"{train_loss:.3f}", test=f"{hist.test_loss[-1]:.3f}")
-    nnx.update(model, params)
+    nnx.update(model, held(params, jnp.int32(cfg.steps)))
     return hist
 
 
@@ -182,8 +194,10 @@ def train(
     lr_multipliers: Sequence[float] | None = None,
     desc: str = "train",
     progress: bool = True,
+    transform: Callable[[Any, jax.Array], Any] | None = None,
 ) -> History:
-    """Train a classifier in place on ``data`` (cross-entropy) and return its history."""
+    """Train a classifier in place on ``data`` (cross-entropy) and return its history
+    (``transform``: see :func:`fit`)."""
     return fit(
         model,
         iterate_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed),
@@ -193,6 +207,7 @@ def train(
         lr_multipliers=lr_multipliers,
         desc=desc,
         progress=progress,
+        transform=transform,
     )
 
 
