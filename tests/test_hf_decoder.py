@@ -241,6 +241,32 @@ def test_llama_non_multiple_width_exact(tmp_path):
     assert err < GROW_TOL and err2 < GROW_TOL
 
 
+def test_engine_growth_through_spec_then_export(tmp_path):
+    """The Python path: load -> plan_growth on the decoder spec (here the query-group space,
+    which grow_hf does not offer) -> decoder.grown -> export_params -> save_hf; a grown head_dim
+    is refused on export (HF derives the attention scale and rotary frequencies from it)."""
+    from growth import apply_plan, plan_growth
+    from growth.models import decoder
+
+    src = write_llama(tmp_path / "src", H=4, KV=2, d=16, tied=True)
+    params, config, spec = hf.load_hf(src)
+    c = hf_decoder.decoder_config(config)
+    plan = plan_growth(params, spec, width={"group": 4, "d": 32}, method="copy")
+    c2 = decoder.grown(c, plan)
+    assert c2.readout_mult == 0.5
+    grown, cfg = hf_decoder.export_params(apply_plan(plan, params), c2, config)
+    hf.save_hf(tmp_path / "big", grown, cfg)
+    cfg = json.loads((tmp_path / "big" / "config.json").read_text())
+    sizes = (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"])
+    assert sizes == (32, 8, 2)
+    assert "head_dim" not in cfg  # 32 / 8 = 4, HF's default
+    ids = _ids()
+    assert rel_err(reference_logits(tmp_path / "big", ids), reference_logits(src, ids)) < GROW_TOL
+    plan = plan_growth(params, spec, width={"hd": 8}, method="copy")
+    with pytest.raises(GrowthError, match="attn_scale"):
+        hf_decoder.export_params(apply_plan(plan, params), decoder.grown(c, plan), config)
+
+
 @settings(max_examples=4, deadline=None)
 @given(
     kind=st.sampled_from(["gpt2", "llama"]),
