@@ -14,6 +14,10 @@ method, over seeds (mean and std):
   examples) plus, for the grown model, the small model's training (6 N_small B steps_small);
 - ``final_test_loss``.
 
+``msg`` (Masked Structural Growth) is grown by ``growth.masked.grow_msg`` and trained with its
+mask ramping 0 -> 1 over ``--ramp-steps`` updates (``fit(..., transform=...)``), on the same
+batches, schedule and budget; its step-0 loss is at mask 0.
+
 Writes ``summary.json``, ``table.md`` and ``loss_curves.png`` under ``--out``.
 
     python -m experiments.compare_methods --quick          # smoke run (~1 min)
@@ -43,6 +47,7 @@ DEFAULT_METHODS = (
     "lemon",
     "stack",
     "tleg",
+    "msg",
 )
 
 
@@ -52,12 +57,18 @@ def _n_params(tree) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def grow_and_train(family, small_cfg, small_hist, p_small, methods, width, depth, fit, seed):
-    """Grow ``p_small`` with every method, train each with ``fit(model, desc) -> history dict``
-    on the same budget, then a same-size model from scratch; returns the per-seed record."""
+def grow_and_train(
+    family, small_cfg, small_hist, p_small, methods, width, depth, fit, seed, ramp_steps=None
+):
+    """Grow ``p_small`` with every method, train each with ``fit(model, desc, transform) ->
+    history dict`` on the same budget, then a same-size model from scratch; returns the per-seed
+    record. Masked methods (``ramp_steps`` > 0: msg) are grown by ``growth.masked.grow_msg`` and
+    trained with their mask ramp over ``ramp_steps`` updates (None: the recipe's)."""
     import jax
 
     from growth.engine import apply_plan, plan_growth
+    from growth.masked import grow_msg, msg_transform
+    from growth.methods import get_method
     from growth.models import get_family, grown_config, init_model, model_from_params, params_of
 
     fam = get_family(family)
@@ -65,13 +76,18 @@ def grow_and_train(family, small_cfg, small_hist, p_small, methods, width, depth
     big_cfg = None
     for name in methods:
         t0 = time.perf_counter()
-        plan = plan_growth(
-            p_small, fam.spec(small_cfg), width=width, depth=depth, method=name, key=seed
-        )
-        new = jax.block_until_ready(apply_plan(plan, p_small))
+        method, transform = get_method(name), None
+        kw = dict(width=width, depth=depth, method=method, key=seed)
+        if method.ramp_steps:
+            new, info, plan = grow_msg(p_small, fam.spec(small_cfg), **kw)
+            transform = msg_transform(info, method.ramp_steps if ramp_steps is None else ramp_steps)
+        else:
+            plan = plan_growth(p_small, fam.spec(small_cfg), **kw)
+            new = apply_plan(plan, p_small)
+        new = jax.block_until_ready(new)
         grow_s = time.perf_counter() - t0
         big_cfg = grown_config(family, small_cfg, plan)
-        hist = fit(model_from_params(family, big_cfg, new), name)
+        hist = fit(model_from_params(family, big_cfg, new), name, transform)
         out[name] = hist | {
             "grow_s": grow_s,
             "function_preserving": plan.report.function_preserving,
@@ -83,12 +99,14 @@ def grow_and_train(family, small_cfg, small_hist, p_small, methods, width, depth
         )
     scratch = init_model(family, big_cfg, seed=seed + 1)
     out["n_large"] = _n_params(params_of(scratch))
-    out["scratch"] = fit(scratch, "scratch")
+    out["scratch"] = fit(scratch, "scratch", None)
     print(f"  seed {seed} {'scratch':<14} final {out['scratch']['test_loss'][-1]:.4f}", flush=True)
     return out
 
 
-def run_seed(seed: int, methods, *, small_steps, steps, lr, eval_every, dataset, factors):
+def run_seed(
+    seed: int, methods, *, small_steps, steps, lr, eval_every, dataset, factors, ramp_steps
+):
     """One seed: small model, every method and scratch. Returns {name: history dict, ...}."""
 
     from growth.data import load_dataset
@@ -111,17 +129,51 @@ def run_seed(seed: int, methods, *, small_steps, steps, lr, eval_every, dataset,
     depth = {"blocks": 2 * df}
     tc_big = TrainConfig(steps=steps, lr=lr, eval_every=eval_every, seed=seed + 7)
 
-    def fit(model, desc):
+    def fit(model, desc, transform):
         mults = adam_lr_multipliers(fam.spec(model.config).resolve(params_of(model)), base)
-        hist = train(model, data, tc_big, lr_multipliers=mults, desc=desc, progress=False)
+        hist = train(
+            model, data, tc_big, lr_multipliers=mults, desc=desc, progress=False,
+            transform=transform,
+        )  # fmt: skip
         return hist.to_dict()
 
     return grow_and_train(
-        "resmlp", small_cfg, small_hist.to_dict(), p_small, methods, width, depth, fit, seed
-    )
+        "resmlp", small_cfg, small_hist.to_dict(), p_small, methods, width, depth, fit, seed,
+        ramp_steps,
+    )  # fmt: skip
 
 
-def run_seed_lm(seed: int, methods, *, small_steps, steps, lr, eval_every, factors, **_):
+def _train_lm_masked(model, cfg, steps, test, *, seed, lr_multipliers, desc, transform):
+    """``growth.lm_demo.train_lm`` (same TrainConfig, batches, evaluation) with a params
+    transform: train_lm itself takes none."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from growth.lm_data import lm_batches, load_corpus
+    from growth.lm_demo import _eval_windows, next_byte_loss
+    from growth.train import TrainConfig, fit
+
+    corpus = load_corpus(cfg.corpus_bytes)
+    tc = TrainConfig(
+        steps=steps, batch_size=cfg.batch, lr=cfg.lr, warmup=cfg.warmup,
+        eval_every=cfg.eval_every, seed=seed,
+    )  # fmt: skip
+    windows = jnp.asarray(test)
+
+    def evaluate(m):
+        loss, acc = _eval_windows(*nnx.split(m), windows)
+        return float(loss), float(acc)
+
+    batches = ((b,) for b in lm_batches(corpus.train, cfg.batch, cfg.seq_len, seed))
+    return fit(
+        model, batches, next_byte_loss, evaluate, tc, lr_multipliers=lr_multipliers,
+        desc=desc, progress=False, transform=transform,
+    )  # fmt: skip
+
+
+def run_seed_lm(
+    seed: int, methods, *, small_steps, steps, lr, eval_every, factors, ramp_steps, **_
+):
     """The LM task (``growth.lm_demo``, quick decoder on stdlib bytes): same protocol."""
     import dataclasses
 
@@ -146,14 +198,18 @@ def run_seed_lm(seed: int, methods, *, small_steps, steps, lr, eval_every, facto
     depth = {"blocks": g * small_cfg.n_layers}
     base = fam.sizes(small_cfg)
 
-    def fit(model, desc):
+    def fit(model, desc, transform):
         mults = adam_lr_multipliers(fam.spec(model.config).resolve(params_of(model)), base)
-        hist = train_lm(model, cfg, steps, test, seed=seed + 7, lr_multipliers=mults, desc=desc)
+        kw = dict(seed=seed + 7, lr_multipliers=mults, desc=desc)
+        if transform is None:
+            hist = train_lm(model, cfg, steps, test, **kw)
+        else:
+            hist = _train_lm_masked(model, cfg, steps, test, transform=transform, **kw)
         return dataclasses.asdict(hist)
 
     out = grow_and_train(
         "decoder", small_cfg, dataclasses.asdict(small_hist), p_small, methods, width, depth,
-        fit, seed,
+        fit, seed, ramp_steps,
     )  # fmt: skip
     out["batch"] = cfg.batch * cfg.seq_len  # tokens per step
     return out
@@ -272,7 +328,7 @@ def plot(path: Path, runs: list[dict], methods) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few steps, 4 methods")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few steps, 5 methods")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--small-steps", type=int, default=1500)
@@ -289,6 +345,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--width-factor", type=int, default=None, help="default 4 (mlp), 2 (lm)")
     p.add_argument("--depth-factor", type=int, default=2)
+    p.add_argument(
+        "--ramp-steps",
+        type=int,
+        default=None,
+        help="msg's mask ramp (updates); default the recipe's (100), a quarter of --steps "
+        "with --quick",
+    )
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     methods = tuple(a.methods.split(","))
@@ -296,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.quick:
         seeds, small_steps, steps, every = 1, 100, 100, 25
         if a.methods == ",".join(DEFAULT_METHODS):
-            methods = ("exact", "iid", "net2net", "tleg")
+            methods = ("exact", "iid", "net2net", "tleg", "msg")
     name = "compare_methods" + ("_lm" if a.task == "lm" else "") + ("_quick" if a.quick else "")
     out = a.out or Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
@@ -307,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_every=every,
         dataset=a.dataset,
         factors=(a.width_factor or (2 if a.task == "lm" else 4), a.depth_factor),
+        ramp_steps=a.ramp_steps if a.ramp_steps is not None else (steps // 4 if a.quick else None),
     )
     run = run_seed_lm if a.task == "lm" else run_seed
     runs = [run(seed, methods, **kw) for seed in range(seeds)]
