@@ -3,7 +3,7 @@
 For a leaf axis in space S with map ``g`` and fan-in scales ``s`` (see ``theory.measure``):
 
 - ``out`` axis:  ``new[i] = old[g(i)]`` (+ ``h sd zeta`` when the space is kernel-smoothed,
-  ``zeta`` centred within each group of copies: an *antithetic* Gaussian kernel on the units'
+  ``zeta`` centred within each group of copies: an *antithetic* kernel on the units'
   features, so the copies' mean feature is the source unit's and, with equal fan-in weights on
   the copies, the function moves only at second order, O(h^2); zero-sum fan-in noise on top adds
   a first-order cross term ``sigma h`` whose mean over draws is zero);
@@ -11,7 +11,10 @@ For a leaf axis in space S with map ``g`` and fan-in scales ``s`` (see ``theory.
   symmetry-breaking noise: zero for ``none``; centred within each group of copies for
   ``zero-sum`` (so ``sum_{i: g(i)=k} s_i xi[..., i] = 0`` whenever the copies of a unit share
   one scale -- true for ``exact`` and ``unbiased`` scaling -- and the function is unchanged);
-  i.i.d. normal for ``noise`` (Net2Net; the function moves by O(sigma)).
+  i.i.d. for ``noise`` (Net2Net; the function moves by O(sigma)).
+
+All noise is ``theory.measure.counter_noise`` (zero mean, unit variance, a hash of each entry's
+coordinates: about as cheap as writing the entry, and independent of sharding).
 
 ``sd`` is the standard deviation of the source leaf's entries, so ``sigma`` and the smoothing
 bandwidth ``h`` are relative sizes.
@@ -40,7 +43,7 @@ import jax.numpy as jnp
 
 from growth.errors import GrowthError
 from growth.spec import LeafSpec, pad_kind
-from theory.measure import SpaceMap, zero_sum_noise
+from theory.measure import SpaceMap, counter_noise, zero_sum_noise
 
 SYMMETRY = ("none", "zero-sum", "noise")
 
@@ -71,7 +74,7 @@ def _fill_pads(
 
 
 def _centred_noise(key: jax.Array, x: jax.Array, axis: int, m: SpaceMap) -> jax.Array:
-    """Standard normal noise like ``x``, centred along ``axis`` within each group of copies
+    """Unit-variance noise like ``x``, centred along ``axis`` within each group of copies
     (``theory.measure.zero_sum_noise``); pad slots form a group of their own."""
     n = m.counts.shape[0]
     groups = m.index if m.pad is None else jnp.where(m.pad, n, m.index)
@@ -108,11 +111,11 @@ def _grow_axis(
     if symmetry == "zero-sum" and sigma > 0:
         x = x + sigma * sd * _centred_noise(k_sym, x, axis, m)
     elif symmetry == "noise" and sigma > 0:
-        x = x + sigma * sd * jax.random.normal(k_sym, x.shape, x.dtype)
+        x = x + sigma * sd * counter_noise(k_sym, x.shape, x.dtype)
     x = x * _along(m.scale.astype(x.dtype), x.ndim, axis)
     if m.pad is not None and symmetry != "none" and sigma > 0:
         s_bar = (jnp.sum(m.scale) / jnp.sum(~m.pad)).astype(x.dtype)
-        z = jax.random.normal(jax.random.fold_in(k_sym, 1), x.shape, x.dtype)
+        z = counter_noise(jax.random.fold_in(k_sym, 1), x.shape, x.dtype)
         x = x + jnp.where(_along(m.pad, x.ndim, axis), sigma * sd * s_bar * z, 0.0)
     return x
 
