@@ -1,7 +1,7 @@
 """Multi-host growth through ``jax.distributed``: two local CPU processes (4 devices each) form
 one 2x4 mesh; a globally sharded params pytree grows, and each process's addressable shards of
 the result equal the matching slices of an unsharded single-process growth, bit for bit, with
-the PartitionSpecs kept."""
+the PartitionSpecs kept; a NaN anywhere in a global leaf is refused by every process."""
 
 from __future__ import annotations
 
@@ -9,14 +9,23 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 
 import pytest
 
 WORKER = textwrap.dedent(
     """
-    import sys
+    import os, sys, traceback
     import jax
+
+    def die(*exc):  # exit at once: jax's atexit shutdown barrier would wait for the peer
+        traceback.print_exception(*exc)
+        sys.stderr.flush()
+        os._exit(1)
+
+    sys.excepthook = die
     pid, port = int(sys.argv[1]), sys.argv[2]
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
@@ -73,6 +82,14 @@ WORKER = textwrap.dedent(
             assert len(y.addressable_shards) == 4
         w1 = got["w1"]
         assert w1.addressable_shards[0].data.shape == (4, 64 // 2, 128 // 4)
+    # the finiteness check sees the whole global leaf: every process refuses the same leaf
+    bad = dict(params, w2=params["w2"].copy())
+    bad["w2"][1, -1, -1] = np.nan  # lives in a shard of the other process for one of them
+    try:
+        growth.plan_growth(jax.tree_util.tree_map(shard, bad), spec, **target)
+        raise AssertionError("NaN not detected")
+    except growth.GrowthError as e:
+        assert "'w2' contains NaN" in str(e), e
     print(f"OK {pid}", flush=True)
     """
 )
@@ -85,34 +102,43 @@ def _free_port() -> int:
 
 
 def _run_pair(timeout: float = 180) -> list[tuple[int, str]]:
+    """Run WORKER as processes 0 and 1; returns ``[(returncode, output)]``. Fails the test if
+    they have not finished within ``timeout`` s; if one fails, the other (which would wait for
+    it in a collective) is killed at once."""
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
     )
     port = str(_free_port())
+    logs = [tempfile.TemporaryFile("w+") for _ in range(2)]
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(i), port], env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-        for i in range(2)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(i), port], env=env, stdout=log, stderr=log
+        )
+        for i, log in enumerate(logs)
     ]
-    results = []
+    deadline = time.monotonic() + timeout
     try:
-        for p in procs:
-            out, _ = p.communicate(timeout=timeout)
-            results.append((p.returncode, out))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        outs = [p.communicate()[0] for p in procs]
-        pytest.fail(f"multi-host workers timed out after {timeout}s:\n" + "\n---\n".join(
-            o[-3000:] for o in outs))  # fmt: skip
+        while None in (codes := [p.poll() for p in procs]):
+            if any(codes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    return results
+                p.wait()
+    outs = []
+    for log in logs:
+        log.seek(0)
+        outs.append("".join(line for line in log if not line.startswith("[Gloo]")))
+        log.close()
+    if time.monotonic() > deadline:
+        pytest.fail(f"multi-host workers timed out after {timeout}s:\n" + "\n---\n".join(outs))
+    return [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
 
 
 def test_multihost_growth_matches_single_process():
     results = _run_pair()
-    for i, (rc, out) in enumerate(results):
-        assert rc == 0 and f"OK {i}" in out, f"process {i} (rc={rc}):\n{out[-4000:]}"
+    report = "\n".join(f"--- process {i} (rc={rc}):\n{out[-4000:]}" for i, (rc, out) in
+                        enumerate(results))  # fmt: skip
+    assert all(rc == 0 and f"OK {i}" in out for i, (rc, out) in enumerate(results)), report
