@@ -100,7 +100,7 @@ def _loss(logits: jax.Array, y: jax.Array) -> float:
     return float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
 
 
-def _write_plot(path: Path, lln: dict) -> None:
+def _write_plot(path: Path, lln: dict, gap_label: str, sd_key: str, sd_label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,12 +109,12 @@ def _write_plot(path: Path, lln: dict) -> None:
     N = np.asarray(lln["widths"], float)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for key, label, fit in (
-        ("mean_abs_gap", "iid: E|loss gap|", lln["gap_fit"]),
-        ("logit_sd", "iid: sd of logits", lln["sd_fit"]),
+        ("mean_abs_gap", f"iid: {gap_label}", lln["gap_fit"]),
+        (sd_key, f"iid: {sd_label}", lln["sd_fit"]),
     ):
         ax.loglog(N, lln[key], "o-", label=f"{label} (slope {fit['slope']:.2f})")
     bal = np.maximum(np.abs(np.asarray(lln["balanced_gap"], float)), 1e-9)
-    ax.loglog(N, bal, "s--", label="balanced copy: |loss gap| (floored 1e-9)")
+    ax.loglog(N, bal, "s--", label=f"balanced copy: {gap_label} (floored 1e-9)")
     ax.set_xlabel("grown width N (first space)")
     ax.set_ylabel("gap / spread")
     ax.set_title("LLN of iid growth")
@@ -124,14 +124,23 @@ def _write_plot(path: Path, lln: dict) -> None:
     plt.close(fig)
 
 
-def _write_outputs(out_dir: str | os.PathLike, result: dict) -> Path:
-    """Write analysis.json + analysis.png into a temp dir, then move them into ``out_dir``."""
+def write_outputs(
+    out_dir: str | os.PathLike,
+    result: dict,
+    *,
+    gap_label: str = "E|loss gap|",
+    sd_key: str = "logit_sd",
+    sd_label: str = "sd of logits",
+) -> Path:
+    """Write analysis.json + analysis.png (the LLN plot of ``result["lln"]``: its
+    ``mean_abs_gap``, ``sd_key`` and ``balanced_gap`` against ``widths``) into a temp dir, then
+    move them into ``out_dir``."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
-        _write_plot(tmp / "analysis.png", result["lln"])
+        _write_plot(tmp / "analysis.png", result["lln"], gap_label, sd_key, sd_label)
         if not out.exists():
             os.rename(tmp, out)
         else:
@@ -259,7 +268,7 @@ def analyze_checkpoint(
         "lln": lln,
     }
     if out_dir is not None:
-        result["out"] = str(_write_outputs(out_dir, result))
+        result["out"] = str(write_outputs(out_dir, result))
     return result
 
 

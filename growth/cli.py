@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from growth.errors import GrowthError
 
@@ -79,6 +80,13 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(a: argparse.Namespace) -> int:
+    from growth.hf_io import CONFIG
+
+    if (Path(a.checkpoint) / CONFIG).is_file():  # a HF directory (config.json + safetensors)
+        from growth.analyze_hf import analyze_hf, format_hf_report
+
+        print(format_hf_report(analyze_hf(a.checkpoint, a.out, draws=a.draws, seed=a.seed)))
+        return 0
     from growth.analyze import analyze_checkpoint, format_report
 
     res = analyze_checkpoint(a.checkpoint, a.out, draws=a.draws, seed=a.seed)
@@ -121,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("grow", help="grow a checkpoint; writes the grown checkpoint + report")
     g.add_argument("checkpoint", nargs="?")
-    g.add_argument("--from-hf", default=None, help="HF BERT dir (config.json+model.safetensors)")
+    g.add_argument("--from-hf", default=None, help="HF BERT/GPT-2/Llama directory")
     g.add_argument("--to-hf", default=None, help="write the grown HF checkpoint here")
     g.add_argument("--width", default="x4", help="'x4', or 'd=64,h=x2' per space")
     g.add_argument("--depth", default="x2", help="'x2', or 'blocks=6'; '' for no depth growth")
@@ -152,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     an = sub.add_parser("analyze", help="RC tie, negative controls and LLN fits of a checkpoint")
-    an.add_argument("checkpoint")
+    an.add_argument("checkpoint", help="an mfgrow MLP/resmlp checkpoint or a HF BERT directory")
     an.add_argument("--out", default=None, help="write analysis.json + analysis.png here")
     an.add_argument("--draws", type=int, default=8, help="iid growth draws per width")
     an.add_argument("--seed", type=int, default=0)

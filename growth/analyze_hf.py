@@ -1,0 +1,249 @@
+"""``grow analyze`` on a Hugging Face BERT checkpoint (e.g. the pretrained all-MiniLM-L6-v2):
+what the RC diagnostics say about a real trained model.
+
+A sentence encoder has no labels here, so the "loss" of a modified model is the *embedding
+error* ``1 - mean_s cos(e_s, e'_s)`` on real sentences (``e`` the source's mean-pooled,
+L2-normalised embeddings, ``e'`` the modified model's; 0 = same embeddings). Diagnostics, per
+the theory notes (T3, T6, T7) and on the non-normalised spaces only (``d`` is read by every
+LayerNorm of the post-LN stack, so iid resampling of it is not a width-sampling question):
+
+- RC tie per layer for ``ff`` (incoming ``ff1_w`` rows vs outgoing ``ff2_w`` columns) and for
+  ``heads`` (per-head q/k/v rows vs o columns; 12 units, so a weak test);
+- negative controls on one layer's ``ff``: entrywise i.i.d. resampling of the outgoing kernel,
+  column-only permutation (both should destroy the embeddings), whole-unit permutation (keeps
+  them exactly), whole-unit bootstrap (keeps the RC structure, with an O(1) error at k = 1 for
+  SP-trained sources -- the DESIGN 2.7 caveat);
+- law of large numbers: iid growth of ``ff`` in every layer to ``k ff`` (unbiased scaling),
+  ``draws`` draws per k; log-log slopes of the mean error and of the draw-to-draw sd of the
+  embeddings against N, next to the balanced (copy) growth error (exact: ~1e-7).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from growth import bert, hf
+from growth.analyze import BALANCED, IID_WIDTH, write_outputs
+from growth.engine import grow
+from growth.errors import GrowthError
+from theory.ansatz import (
+    loglog_slope,
+    permute_columns,
+    rc_tie,
+    resample_entries_iid,
+    resample_units,
+)
+
+__all__ = ["SENTENCES", "analyze_hf", "format_hf_report"]
+
+SENTENCES = (
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A cheetah is running behind its prey.",
+    "Stock markets fell sharply on Monday after the central bank raised interest rates.",
+    "The new library opens at nine and closes late on Fridays.",
+    "Heavy rain is expected across the north of the country tomorrow.",
+    "She solved the puzzle in under a minute.",
+    "Scientists discovered a new species of frog in the rainforest.",
+)
+
+
+def _ff_unit(layers: dict, l: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Layer l's FFN units as (w_in [d, ff], b_in [ff], w_out [ff, d])."""
+    return layers["ff1_w"][l].T, layers["ff1_b"][l], layers["ff2_w"][l].T
+
+
+def _with_ff(params: dict, l: int, w_in, b_in, w_out) -> dict:
+    """params with layer l's FFN replaced (arrays in the ``_ff_unit`` layout)."""
+    layers = dict(params["layers"])
+    new_parts = {"ff1_w": np.asarray(w_in).T, "ff1_b": b_in, "ff2_w": np.asarray(w_out).T}
+    for name, new in new_parts.items():
+        stacked = np.array(layers[name])
+        stacked[l] = np.asarray(new)
+        layers[name] = stacked
+    return {**params, "layers": layers}
+
+
+def _head_units(layers: dict, l: int) -> tuple[np.ndarray, np.ndarray]:
+    """Layer l's heads as (incoming [3 hd d, H]: q/k/v rows, outgoing [H, d hd]: o columns)."""
+    qkv = np.concatenate([layers[k][l] for k in ("q_w", "k_w", "v_w")], axis=1)  # [H, 3hd, d]
+    H = qkv.shape[0]
+    o = np.moveaxis(np.asarray(layers["o_w"][l]), 1, 0)  # [d, H, hd] -> [H, d, hd]
+    return qkv.reshape(H, -1).T, o.reshape(H, -1)
+
+
+def analyze_hf(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    draws: int = 8,
+    factors: Sequence[int] = (2, 4, 8, 16),
+    num_shuffles: int = 200,
+    control_layer: int = 0,
+    sentences: Sequence[str] = SENTENCES,
+    seed: int = 0,
+) -> dict:
+    """RC diagnostics of the HF BERT checkpoint directory ``path`` (see the module doc).
+
+    draws >= 2 iid growths per factor; factors: >= 3 distinct growth factors k >= 1 of ``ff``.
+    Returns a JSON-able dict; writes ``analysis.json`` and ``analysis.png`` to ``out_dir``.
+    """
+    if draws < 2:
+        raise GrowthError(f"draws={draws}: need >= 2 draws per width for a spread")
+    factors = sorted({int(k) for k in factors})
+    if len(factors) < 3 or factors[0] < 1:
+        raise GrowthError(f"factors={factors}: need >= 3 distinct positive growth factors")
+    params, config, spec = hf.load_hf(path)
+    if config.get("model_type") != "bert":
+        raise GrowthError(
+            f"analyze {path}: model_type {config.get('model_type')!r}; the HF analysis runs on "
+            "BERT encoders (sentence embeddings are its yardstick)"
+        )
+    params = jax.tree_util.tree_map(np.asarray, params)
+    layers = params["layers"]
+    L = layers["ff1_w"].shape[0]
+    if not 0 <= control_layer < L:
+        raise GrowthError(f"control_layer={control_layer}: expected 0..{L - 1}")
+    ids, mask = bert.tokenize(path, list(sentences))
+    e0 = bert.encode(params, config, ids, mask)
+
+    def error(p: dict) -> tuple[float, np.ndarray]:
+        e = bert.encode(p, config, ids, mask)
+        return float(1.0 - np.mean(np.sum(e * e0, -1))), e
+
+    key = jax.random.key(seed)
+    k_tie, k_ctl, k_grow = jax.random.split(key, 3)
+    ties = {}
+    for l in range(L):
+        w_in, _, w_out = _ff_unit(layers, l)
+        ties[f"ff@layer{l}"] = rc_tie(w_in, w_out, jax.random.fold_in(k_tie, 2 * l),
+                                      num_shuffles).to_dict()  # fmt: skip
+        h_in, h_out = _head_units(layers, l)
+        ties[f"heads@layer{l}"] = rc_tie(h_in, h_out, jax.random.fold_in(k_tie, 2 * l + 1),
+                                         num_shuffles).to_dict()  # fmt: skip
+
+    w_in, b_in, w_out = _ff_unit(layers, control_layer)
+    ks = jax.random.split(k_ctl, 4)
+    unit_perm = resample_units(w_in, b_in, w_out, ks[2])
+    unit_boot = resample_units(w_in, b_in, w_out, ks[3], replace=True)
+    zeros = np.zeros_like(w_out)
+    controls = {
+        "space": f"ff@layer{control_layer}",
+        "ffn_removed": error(_with_ff(params, control_layer, w_in, b_in, zeros))[0],
+        "entry_iid": error(
+            _with_ff(params, control_layer, w_in, b_in, resample_entries_iid(w_out, ks[0]))
+        )[0],  # fmt: skip
+        "column_permutation": error(
+            _with_ff(params, control_layer, w_in, b_in, permute_columns(w_out, ks[1]))
+        )[0],  # fmt: skip
+        "unit_permutation": error(_with_ff(params, control_layer, *unit_perm))[0],
+        "unit_bootstrap": error(_with_ff(params, control_layer, *unit_boot))[0],
+    }
+
+    n_ff = int(layers["ff1_w"].shape[1])
+    widths, mean_gap, emb_sd, balanced = [], [], [], []
+    for k in factors:
+        target = {"ff": k * n_ff}
+        errs, embs = [], []
+        for d in range(draws):
+            g, _ = grow(params, spec, width=target, method=IID_WIDTH,
+                        key=jax.random.fold_in(k_grow, 1000 * k + d))  # fmt: skip
+            err, e = error(jax.tree_util.tree_map(np.asarray, g))
+            errs.append(err)
+            embs.append(e)
+        b, _ = grow(params, spec, width=target, method=BALANCED, key=seed)
+        widths.append(k * n_ff)
+        mean_gap.append(float(np.mean(errs)))
+        emb_sd.append(float(np.std(np.stack(embs), axis=0, ddof=1).mean()))
+        balanced.append(error(jax.tree_util.tree_map(np.asarray, b))[0])
+    lln = {
+        "spaces": ["ff"],
+        "factors": factors,
+        "widths": widths,
+        "draws": draws,
+        "mean_abs_gap": mean_gap,
+        "embedding_sd": emb_sd,
+        "balanced_gap": balanced,
+        "gap_fit": loglog_slope(widths, np.maximum(mean_gap, 1e-12)).to_dict(),
+        "sd_fit": loglog_slope(widths, np.maximum(emb_sd, 1e-12)).to_dict(),
+    }
+    result = {
+        "checkpoint": str(path),
+        "family": "hf-bert",
+        "sizes": {
+            "d": int(config["hidden_size"]),
+            "heads": int(config["num_attention_heads"]),
+            "ff": n_ff,
+            "layers": L,
+        },  # fmt: skip
+        "sentences": len(sentences),
+        "seed": seed,
+        "rc_tie": ties,
+        "controls": controls,
+        "lln": lln,
+    }
+    if out_dir is not None:
+        result["out"] = str(
+            write_outputs(
+                out_dir,
+                result,
+                gap_label="embedding error",
+                sd_key="embedding_sd",
+                sd_label="sd of embeddings",
+            )
+        )
+    return result
+
+
+def format_hf_report(r: dict) -> str:
+    """Readable text report of :func:`analyze_hf`'s result."""
+    c, lln = r["controls"], r["lln"]
+    lines = [
+        f"HF checkpoint {r['checkpoint']} (sizes {r['sizes']}), {r['sentences']} sentences",
+        "embedding error = 1 - mean cosine to the source's sentence embeddings",
+        "",
+        "RC tie: Spearman(||incoming_i||, ||outgoing_i||) over units, paired vs shuffled",
+        f"  {'space':<16} {'n':>5} {'paired':>8} {'shuf mean':>10} {'shuf sd':>8} {'z':>7}",
+    ]
+    for s, t in r["rc_tie"].items():
+        lines.append(
+            f"  {s:<16} {t['n']:>5} {t['paired']:>8.3f} {t['shuffled_mean']:>10.3f} "
+            f"{t['shuffled_sd']:>8.3f} {t['z']:>7.2f}"
+        )
+    lines += [
+        "",
+        f"negative controls on {c['space']!r} (embedding error)",
+        f"  FFN output zeroed          {c['ffn_removed']:.4g}   (reference: the layer removed)",
+        f"  entrywise iid resample     {c['entry_iid']:.4g}",
+        f"  column-only permutation    {c['column_permutation']:.4g}",
+        f"  whole-unit permutation     {c['unit_permutation']:.4g}   (keeps the function)",
+        f"  whole-unit bootstrap (k=1) {c['unit_bootstrap']:.4g}",
+        "",
+        f"LLN of iid growth of ff ({lln['draws']} draws per width)",
+        f"  {'k':>3} {'N':>6} {'mean err':>10} {'sd emb':>10} {'balanced':>10}",
+    ]
+    for i, k in enumerate(lln["factors"]):
+        lines.append(
+            f"  {k:>3} {lln['widths'][i]:>6} {lln['mean_abs_gap'][i]:>10.4g} "
+            f"{lln['embedding_sd'][i]:>10.4g} {lln['balanced_gap'][i]:>10.2g}"
+        )
+    for name, key, expect in (
+        ("mean error", "gap_fit", "-1 if unbiased at O(1/N) per layer; 0 with an O(1) bias"),
+        ("sd of embeddings", "sd_fit", "-0.5"),
+    ):
+        f = lln[key]
+        lines.append(
+            f"  slope of {name} vs N: {f['slope']:.3f}  95% CI [{f['ci'][0]:.3f}, "
+            f"{f['ci'][1]:.3f}]  (expected {expect})"
+        )
+    if "out" in r:
+        lines.append(f"\nwrote {r['out']}/analysis.json, analysis.png")
+    return "\n".join(lines)
