@@ -27,7 +27,7 @@ WORKER = textwrap.dedent(
 
     sys.excepthook = die
     pid, port = int(sys.argv[1]), sys.argv[2]
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the default in jax 0.10
     jax.distributed.initialize(
         coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid,
         initialization_timeout=60,
