@@ -42,6 +42,9 @@ def test_streaming_equals_in_memory(tmp_path, method):
     assert set(streamed) == set(flat)
     for name, x in in_memory.items():
         assert streamed[name].dtype == x.dtype and np.array_equal(streamed[name], np.asarray(x))
+    # safetensors source -> checkpoint directory
+    grow_stream(tmp_path / "src.safetensors", tmp_path / "out", spec, **target)
+    _assert_same(load_checkpoint(tmp_path / "out")[0], in_memory)
 
 
 def test_streaming_errors_leave_nothing(tmp_path):
