@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 
 from growth.errors import CheckpointError, GrowthError
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_info", "write_checkpoint"]
 
 PyTree = Any
 _FORMAT = 1
