@@ -19,6 +19,8 @@ from growth.checkpoint import load_checkpoint, save_checkpoint
 from growth.data import load_dataset
 from growth.engine import GrowthReport, apply_plan, plan_growth
 from growth.errors import GrowthError
+from growth.lm_data import LM_DATASET, load_corpus
+from growth.lm_data import eval_windows as lm_eval_windows
 from growth.methods import Method
 from growth.models import (
     config_from_dict,
@@ -159,6 +161,7 @@ def grow_checkpoint(
         "family": meta["family"],
         "config": config_to_dict(new_config),
         "dataset": meta.get("dataset", "mnist1d"),
+        **({"data": meta["data"]} if "data" in meta else {}),
         "base_sizes": meta.get("base_sizes", dict(resolved.sizes)),
         "source": os.path.abspath(source),
         "source_test_loss": meta.get("test_loss"),
@@ -168,6 +171,26 @@ def grow_checkpoint(
     return save_checkpoint(out, grown, new_meta, overwrite=overwrite), report
 
 
+def held_out(meta: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(inputs, integer targets)`` of the held-out split a checkpoint was trained on, from its
+    ``meta.json``: an MNIST-1D variant (``dataset``), or the stdlib byte corpus
+    (``dataset: "stdlib-bytes"`` with ``data: {corpus_bytes, seq_len, eval_windows}``; inputs
+    ``[n, T]``, targets the next bytes ``[n, T]``)."""
+    dataset = meta.get("dataset", "mnist1d")
+    if dataset != LM_DATASET:
+        data = load_dataset(dataset)
+        return data.x_test, data.y_test
+    spec = meta.get("data")
+    need = ("corpus_bytes", "seq_len", "eval_windows")
+    if not isinstance(spec, Mapping) or any(k not in spec for k in need):
+        raise GrowthError(
+            f"{LM_DATASET} checkpoint: meta.json 'data' must give {need}, got {spec!r}"
+        )
+    corpus = load_corpus(int(spec["corpus_bytes"]))
+    w = lm_eval_windows(corpus.test, int(spec["seq_len"]), int(spec["eval_windows"]))
+    return w[:, :-1], w[:, 1:]
+
+
 def verify_checkpoint(
     grown: str | os.PathLike, source: str | os.PathLike | None = None, *, tol: float = 1e-5
 ) -> dict:
@@ -175,16 +198,20 @@ def verify_checkpoint(
 
     Passes when ``|loss_grown - loss_source| <= tol * max(1, loss_source)`` for a growth that
     claims to keep the function; for sampling methods it reports the gap without judging it.
+    ``source`` defaults to the one recorded in the grown checkpoint (a relative path there is
+    relative to the grown checkpoint's directory). Works for every family: classifiers on
+    MNIST-1D and decoders on the byte corpus (:func:`held_out`).
     """
     g_model, g_meta, _ = load_model(grown)
-    source = source or g_meta.get("source")
     if source is None:
-        raise GrowthError(f"checkpoint {str(grown)!r} records no source; pass source=...")
+        if g_meta.get("source") is None:
+            raise GrowthError(f"checkpoint {str(grown)!r} records no source; pass source=...")
+        source = os.path.join(os.path.abspath(grown), g_meta["source"])
     s_model, s_meta, _ = load_model(source)
-    data = load_dataset(g_meta.get("dataset", "mnist1d"))
-    s_loss, s_acc = evaluate(s_model, data.x_test, data.y_test)
-    g_loss, g_acc = evaluate(g_model, data.x_test, data.y_test)
-    x = jnp.asarray(data.x_test[:512])
+    x_test, y_test = held_out(g_meta)
+    s_loss, s_acc = evaluate(s_model, x_test, y_test)
+    g_loss, g_acc = evaluate(g_model, x_test, y_test)
+    x = jnp.asarray(x_test[:512])
     ref = np.asarray(s_model(x))
     logit_err = float(np.abs(np.asarray(g_model(x)) - ref).max() / max(np.abs(ref).max(), 1e-12))
     claims = bool(g_meta.get("growth", {}).get("function_preserving", False))

@@ -38,6 +38,8 @@ SEPARATOR = 0
 _EXCLUDED_TOP = frozenset({"site-packages", "test", "encodings", "pydoc_data"})
 
 
+LM_DATASET = "stdlib-bytes"  # the dataset name checkpoints of byte LMs record in meta.json
+
 class ByteCorpus(NamedTuple):
     """Train and held-out byte streams (uint8, read-only) and the files they came from."""
 

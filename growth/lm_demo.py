@@ -25,7 +25,7 @@ from flax import nnx
 from growth.checkpoint import save_checkpoint
 from growth.demo import compare_runs, n_params, plot_curves, write_run_dir
 from growth.engine import apply_plan, plan_growth
-from growth.lm_data import eval_windows, lm_batches, load_corpus
+from growth.lm_data import LM_DATASET, eval_windows, lm_batches, load_corpus
 from growth.models import (
     config_to_dict,
     get_family,
@@ -147,7 +147,8 @@ def run_lm_demo(
     cfg: LMDemoConfig | None = None,
     **overrides: Any,
 ) -> dict:
-    """Run the LM demo; write ``summary.json``, ``loss_curves.png`` and ``grown/`` (checkpoint)
+    """Run the LM demo; write ``summary.json``, ``loss_curves.png`` and the checkpoints ``small/``
+    (trained) and ``grown/`` (grown from it, before training: ``grow verify OUT/grown``)
     under ``out_dir`` (atomically); return the summary (keys as in ``growth.demo``)."""
     cfg = cfg or (LMDemoConfig.quick() if quick else LMDemoConfig())
     cfg = replace(cfg, **overrides) if overrides else cfg
@@ -186,11 +187,19 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
     scratch_hist = train_lm(scratch, cfg, cfg.steps, test, seed=seed_big, lr_multipliers=mults)
 
     small_cost = cfg.small_steps * n_params(p_small) / n_params(p_grown)
+    data = {"corpus_bytes": cfg.corpus_bytes, "seq_len": cfg.seq_len,
+            "eval_windows": cfg.eval_windows}  # fmt: skip
     save_checkpoint(
+        out / "small",
+        p_small,
+        {"family": "decoder", "config": config_to_dict(small_cfg), "dataset": LM_DATASET,
+         "data": data, "test_loss": small_hist.test_loss[-1]},
+    )  # fmt: skip
+    save_checkpoint(  # the grown model at step 0: `grow verify` checks it against small/
         out / "grown",
-        params_of(grown),
-        {"family": "decoder", "config": config_to_dict(big_cfg), "dataset": "stdlib-bytes",
-         "growth": plan.report.to_dict(), "test_loss": grown_hist.test_loss[-1]},
+        p_grown,
+        {"family": "decoder", "config": config_to_dict(big_cfg), "dataset": LM_DATASET,
+         "data": data, "source": "../small", "growth": plan.report.to_dict()},
     )  # fmt: skip
     summary = {
         "method": cfg.method,

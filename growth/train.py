@@ -100,14 +100,18 @@ def make_optimizer(
 
 
 def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> tuple:
-    """(mean cross-entropy, accuracy) of ``model`` on (x, y)."""
+    """(mean cross-entropy, accuracy) of ``model`` on (x, y), averaged over every target.
+
+    Classifiers: x [B, ...], y int [B], logits [B, C]. Sequence models: x [B, T], y int [B, T],
+    logits [B, T, V] (the mean is per token).
+    """
     graphdef, params = nnx.split(model)
     loss, correct = 0.0, 0
     for i in range(0, len(x), batch):
         lb, cb = _eval_batch(graphdef, params, x[i : i + batch], y[i : i + batch])
         loss += float(lb)
         correct += int(cb)
-    return loss / len(x), correct / len(x)
+    return loss / np.size(y), correct / np.size(y)
 
 
 @jax.jit
