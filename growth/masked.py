@@ -201,6 +201,13 @@ def grow_msg(
     engine_method = dataclasses.replace(method, ramp_steps=0)
     plan = plan_growth(params, spec, width=width, depth=depth, method=engine_method, key=key)
     res = plan.resolved
+    masked_stacks = {a.space for s in res.leaves if s.residual_out for a in s.axes if a}
+    for stack in plan.depth_maps:
+        if stack not in masked_stacks:
+            raise GrowthError(
+                f"depth stack {stack!r}: no leaf is flagged residual_out, so new blocks cannot "
+                "be masked"
+            )
     sub = dataclasses.replace(plan, maps={s: m for s, m in plan.maps.items() if s not in masked})
 
     leaves, treedef = jax.tree_util.tree_flatten(params)

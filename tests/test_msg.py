@@ -18,6 +18,7 @@ from growth.errors import GrowthError
 from growth.masked import grow_msg, masked_params, msg_transform, ramp
 from growth.methods import Method, get_method
 from growth.models import get_family, grown_config, model_from_params
+from growth.spec import NeuronSpec
 from growth.train import TrainConfig, fit
 
 MLP = get_family("mlp")
@@ -197,6 +198,9 @@ def test_bad_input_raises_clear_errors() -> None:
         grow_msg(params, spec, width={"h1": 8}, method=get_method("msg", depth="stack"))
     with pytest.raises(GrowthError, match="'h1'=2: masked growth cannot prune"):
         grow_msg(params, spec, width={"h1": 2})
+    flat = {"w": jnp.ones((2, 3))}  # a depth stack without residual_out leaves
+    with pytest.raises(GrowthError, match="stack 'b': no leaf is flagged residual_out"):
+        grow_msg(flat, NeuronSpec({"w": ("depth:b", "-")}), depth={"b": 3})
     new, info, _ = grow_msg(params, spec, width={"h1": 8})
     with pytest.raises(GrowthError, match="m=1.5"):
         masked_params(new, info, 1.5)
