@@ -50,6 +50,17 @@ def test_train_grow_verify_roundtrip(small_ckpt, tmp_path):
     assert main(["verify", str(tmp_path / "big")]) == 0
 
 
+def test_non_multiple_width_is_exact_through_the_commands(small_ckpt, tmp_path):
+    """d 8 -> 12 (not a multiple) pads the normalised space; the grown config's LayerNorm eps
+    must follow (``resmlp.grown``), else the zero-shot check fails."""
+    grow_checkpoint(small_ckpt, tmp_path / "pad", width="d=12", depth="", method="exact")
+    _, meta = load_checkpoint(tmp_path / "pad")
+    assert meta["config"]["eps"] == pytest.approx(1e-5 * 8 / 12)
+    res = verify_checkpoint(tmp_path / "pad")
+    assert res["claims_function_preserving"] and res["passed"], res
+    assert res["max_rel_logit_error"] < 1e-5
+
+
 def test_verify_reports_sampling_gap(small_ckpt, tmp_path):
     grow_checkpoint(small_ckpt, tmp_path / "iid", width="x2", depth="", method="iid", seed=3)
     res = verify_checkpoint(tmp_path / "iid")

@@ -7,8 +7,6 @@ depth rule) do what their sources say.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +17,7 @@ from growth.depth import apply_depth, depth_map
 from growth.engine import grow, plan_growth
 from growth.methods import METHODS, RECIPE_INFO, get_method
 from growth.models import get_family
-from growth.spec import LeafSpec, NeuronSpec
+from growth.spec import LeafSpec
 from theory.measure import net2net_index, sample_space
 
 MLP = get_family("mlp")
@@ -108,26 +106,16 @@ def test_hypercloning_noise_breaks_symmetry_and_keeps_function() -> None:
     np.testing.assert_allclose(w2[:, 0, :6] + w2[:, 8, :6], src, atol=1e-5)  # zero-sum pair
 
 
-def _named_norm_spec(cfg) -> NeuronSpec:
-    leaves = dict(RES.spec(cfg).patterns)
-    for k, part in (("ln_scale", "gain"), ("ln_bias", "bias")):
-        leaves[k] = LeafSpec.of(("depth:blocks", "out:d"), norm=f"layer-{part}")
-    leaves["final_scale"] = LeafSpec.of(("out:d",), norm="layer-gain")
-    leaves["final_bias"] = LeafSpec.of(("out:d",), norm="layer-bias")
-    return NeuronSpec(leaves)
-
-
 def test_lemon_exact_for_any_width_and_depth_on_resmlp() -> None:
     cfg = RES.config(input_dim=3, width=6, hidden=8, depth=2, num_classes=2)
     params = random_params("resmlp", cfg, 0)
-    spec = _named_norm_spec(cfg)
+    spec = RES.spec(cfg)  # names its LayerNorm gain/bias kinds: padded maps are exact
     width, depth = {"d": 10, "h": 11}, {"blocks": 5}
     plan = plan_growth(params, spec, width=width, depth=depth, method="lemon", key=2)
     new, report = grow(params, spec, width=width, depth=depth, method="lemon", key=2)
     assert report.function_preserving and report.eps_scale == plan.report.eps_scale
-    new_cfg = dataclasses.replace(
-        RES.resize(cfg, width | depth), eps=cfg.eps * report.eps_scale["d"]
-    )
+    new_cfg = RES.grown(cfg, plan)  # sizes + eps x k n / N
+    assert new_cfg.eps == cfg.eps * report.eps_scale["d"] != cfg.eps
     x = _x(3)
     err = rel_err(model_fn("resmlp", new_cfg)(new, x), model_fn("resmlp", cfg)(params, x))
     assert err <= TOL, err

@@ -20,13 +20,12 @@ if TYPE_CHECKING:
 
 
 class Family(NamedTuple):
-    """A model family: config class, module class, spec and resize rule.
+    """A model family: config class, module class, spec and two ways to change sizes.
 
-    ``resize(config, sizes)`` gives a model of new sizes with the same hyper-parameters;
-    ``grown(config, plan)`` (optional; default: ``resize`` to the plan's sizes) gives the config
-    of the model a growth plan produces, for families whose config holds more than sizes that
-    growth must change (norm eps after padding, a tied readout's multiplier, rotary
-    frequencies). Use :func:`grown_config`.
+    ``resize(config, sizes)``: a *fresh* model of new sizes with the same hyper-parameters (a
+    from-scratch baseline, a sweep). ``grown(config, plan)``: the config of the model a growth
+    plan produces -- the plan's sizes plus whatever else exactness needs (norm eps after padded
+    maps, a tied readout's multiplier, rotary frequencies). Use :func:`grown_config`.
     """
 
     name: str
@@ -35,13 +34,19 @@ class Family(NamedTuple):
     spec: Callable[[Any], NeuronSpec]
     sizes: Callable[[Any], dict[str, int]]
     resize: Callable[[Any, Mapping[str, int]], Any]
-    grown: Callable[[Any, GrowthPlan], Any] | None = None
+    grown: Callable[[Any, GrowthPlan], Any]
 
 
 FAMILIES: dict[str, Family] = {
-    "mlp": Family("mlp", mlp.MLPConfig, mlp.MLP, mlp.spec, mlp.sizes, mlp.resize),
+    "mlp": Family("mlp", mlp.MLPConfig, mlp.MLP, mlp.spec, mlp.sizes, mlp.resize, mlp.grown),
     "resmlp": Family(
-        "resmlp", resmlp.ResMLPConfig, resmlp.ResMLP, resmlp.spec, resmlp.sizes, resmlp.resize
+        "resmlp",
+        resmlp.ResMLPConfig,
+        resmlp.ResMLP,
+        resmlp.spec,
+        resmlp.sizes,
+        resmlp.resize,
+        resmlp.grown,
     ),
     "decoder": Family(
         "decoder",
@@ -64,9 +69,7 @@ def get_family(name: str) -> Family:
 def grown_config(family: str | Family, config: Any, plan: GrowthPlan) -> Any:
     """Config of the model that ``plan`` (``growth.plan_growth``) grows from a ``config`` model."""
     fam = get_family(family) if isinstance(family, str) else family
-    if fam.grown is not None:
-        return fam.grown(config, plan)
-    return fam.resize(config, plan.report.sizes_after)
+    return fam.grown(config, plan)
 
 
 def config_from_dict(family: str, config: Mapping[str, Any]) -> Any:

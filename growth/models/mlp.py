@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import jax
 from flax import nnx
 
 from growth.errors import GrowthError
 from growth.spec import NeuronSpec
+
+if TYPE_CHECKING:
+    from growth.engine import GrowthPlan
 
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jax.numpy.tanh}
 
@@ -67,3 +71,8 @@ def sizes(config: MLPConfig) -> dict[str, int]:
 def resize(config: MLPConfig, new: Mapping[str, int]) -> MLPConfig:
     hidden = tuple(new.get(f"h{l + 1}", n) for l, n in enumerate(config.hidden))
     return replace(config, hidden=hidden)
+
+
+def grown(config: MLPConfig, plan: GrowthPlan) -> MLPConfig:
+    """Config of the model ``plan`` grows from ``config``: only the sizes change (no norms)."""
+    return resize(config, plan.report.sizes_after)

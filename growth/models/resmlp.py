@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,9 @@ from flax import nnx
 
 from growth.errors import GrowthError
 from growth.spec import LeafSpec, NeuronSpec
+
+if TYPE_CHECKING:
+    from growth.engine import GrowthPlan
 
 
 @dataclass(frozen=True)
@@ -76,20 +80,20 @@ class ResMLP(nnx.Module):
 
 
 def spec(config: ResMLPConfig) -> NeuronSpec:
-    norm = {"norm": True}
+    gain, bias = {"norm": "layer-gain"}, {"norm": "layer-bias"}  # LayerNorm: pads exact
     out = {"residual_out": True}
     return NeuronSpec(
         {
             "embed/kernel": ("-", "out:d"),
             "embed/bias": ("out:d",),
-            "ln_scale": LeafSpec.of(("depth:blocks", "out:d"), **norm),
-            "ln_bias": LeafSpec.of(("depth:blocks", "out:d"), **norm),
+            "ln_scale": LeafSpec.of(("depth:blocks", "out:d"), **gain),
+            "ln_bias": LeafSpec.of(("depth:blocks", "out:d"), **bias),
             "w1": ("depth:blocks", "in:d", "out:h"),
             "b1": ("depth:blocks", "out:h"),
             "w2": LeafSpec.of(("depth:blocks", "in:h", "out:d"), **out),
             "b2": LeafSpec.of(("depth:blocks", "out:d"), **out),
-            "final_scale": LeafSpec.of(("out:d",), **norm),
-            "final_bias": LeafSpec.of(("out:d",), **norm),
+            "final_scale": LeafSpec.of(("out:d",), **gain),
+            "final_bias": LeafSpec.of(("out:d",), **bias),
             "head/kernel": ("in:d", "-"),
             "head/bias": ("-",),
         }
@@ -107,3 +111,13 @@ def resize(config: ResMLPConfig, new: Mapping[str, int]) -> ResMLPConfig:
         hidden=new.get("h", config.hidden),
         depth=new.get("blocks", config.depth),
     )
+
+
+def grown(config: ResMLPConfig, plan: GrowthPlan) -> ResMLPConfig:
+    """Config of the model ``plan`` grows from ``config``: the new sizes, and the LayerNorm eps
+    times the report's factor for ``d`` (``k n / N`` for a padded map, see
+    ``theory.measure.padded_map``; without it a non-multiple width is not exact)."""
+    c = resize(config, plan.report.sizes_after)
+    if "d" in plan.report.eps_scale:
+        c = replace(c, eps=config.eps * plan.report.eps_scale["d"])
+    return c
