@@ -223,6 +223,13 @@ def plan_growth(
     """Validate the request against ``params`` and draw all index and depth maps."""
     resolved = spec.resolve(params)
     method = get_method(method)
+    for knob, entry in (("ramp_steps", "growth.masked.grow_msg"),
+                        ("operator_steps", "growth.ligo.grow_ligo")):  # fmt: skip
+        if getattr(method, knob):
+            raise GrowthError(
+                f"method {method.name!r} ({knob}={getattr(method, knob)}) needs training data "
+                f"or a training loop; grow it with {entry}"
+            )
     width = _check_targets("width", width or {}, resolved.width_spaces())
     depth = _check_targets("depth", depth or {}, resolved.depth_stacks())
     spreads = leaf_spreads(params)

@@ -29,13 +29,17 @@ name              sampler     scaling    symmetry    depth        guarantee
 ``stack``         balanced    exact      none        stack        width exact; depth approximate
 ``tleg``          balanced    exact      none        linear-fit   width exact; depth approximate
 ``msg``           balanced    exact      zero-sum    identity     exact at mask 0 (**)
+``ligo``          balanced    exact      none        identity     exact at init; learned (***)
 ================  ==========  =========  ==========  ===========  ===============================
 
 (**) ``msg`` (``ramp_steps > 0``) is grown by ``growth.masked.grow_msg``, not by ``grow``: new units
 of non-normalised spaces and new blocks are drawn fresh and hidden behind a mask that ramps
 0 -> 1 over ``ramp_steps`` training steps; normalised spaces use the engine's copy map (the
-sampler/scaling/symmetry columns apply to them). Not implemented (see docs/methods.md):
-``ligo`` (learned operator).
+sampler/scaling/symmetry columns apply to them).
+
+(***) ``ligo`` (``operator_steps > 0``) is grown by ``growth.ligo.grow_ligo``: the plan of the
+columns is written as dense per-space operators (and the depth mixing matrix), which are then
+trained for ``operator_steps`` steps on the task loss of the large model; the function changes.
 
 ``smoothed`` perturbs the copies' fan-out slices (their features) with antithetic kernel noise
 (centred within each group of copies), so unlike ``exact`` the copies start as different
@@ -78,6 +82,10 @@ class Method:
     ramp_steps: 0 for the engine's recipes; ``>= 1`` selects masked structural growth (MSG,
     ``growth.masked``): new units and blocks are drawn fresh and masked, and the mask ramps
     linearly from 0 to 1 over this many optimizer steps (``growth.masked.msg_transform``).
+    operator_steps: 0 for the engine's recipes; ``>= 1`` selects LiGO (``growth.ligo``): the
+    plan's maps become dense linear operators trained for this many steps on the task loss.
+    Methods with ``ramp_steps`` or ``operator_steps`` need their own entry point (they need
+    training data or a training loop); ``growth.grow`` refuses them.
     """
 
     sampler: str = "balanced"
@@ -89,6 +97,7 @@ class Method:
     name: str = "custom"
     fanout_source: str = "self"
     ramp_steps: int = 0
+    operator_steps: int = 0
 
     def __post_init__(self) -> None:
         for field, value, allowed in (
@@ -107,12 +116,12 @@ class Method:
             raise GrowthError(
                 f"method fanout_source={self.fanout_source!r}: expected one of {FANOUT_SOURCES}"
             )
-        if isinstance(self.ramp_steps, bool) or not isinstance(self.ramp_steps, int) or (
-            self.ramp_steps < 0
-        ):
-            raise GrowthError(
-                f"method ramp_steps={self.ramp_steps!r}: expected an integer >= 0 (0: no mask)"
-            )
+        for field in ("ramp_steps", "operator_steps"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise GrowthError(f"method {field}={v!r}: expected an integer >= 0 (0: off)")
+        if self.ramp_steps and self.operator_steps:
+            raise GrowthError("method: ramp_steps (msg) and operator_steps (ligo) are exclusive")
         if self.sampler == "smoothed" and self.bandwidth == 0:
             raise GrowthError("method sampler='smoothed' needs bandwidth > 0")
         if self.sampler != "smoothed" and self.bandwidth > 0:
@@ -160,6 +169,8 @@ METHODS: dict[str, Method] = {
     "tleg": Method(symmetry="none", sigma=0.0, depth="linear-fit", name="tleg"),
     # zero-sum noise as in `exact` on the normalised spaces' copies; ramp: growth.masked
     "msg": Method(sigma=1.0, ramp_steps=100, name="msg"),
+    # the operators start at the noiseless copy map; growth.ligo adds fan-out noise to them
+    "ligo": Method(symmetry="none", sigma=0.0, operator_steps=100, name="ligo"),
 }
 
 #: name -> (source, guarantee). ``exact``: True when the recipe keeps the function exactly (within
@@ -211,6 +222,11 @@ RECIPE_INFO: dict[str, dict] = {
         "exact": True,
         "guarantee": "exact at mask 0 for any new weights (normalised spaces: copy map); "
         "mask ramps 0 -> 1",
+    },
+    "ligo": {
+        "source": "Wang et al., LiGO, ICLR 2023 (arXiv 2303.00980)",
+        "exact": False,
+        "guarantee": "exact at init with no operator noise; learned operators change it",
     },
 }
 

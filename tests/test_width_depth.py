@@ -285,7 +285,19 @@ def _is_random(m: Method) -> bool:
     return m.sampler != "balanced" or m.bandwidth > 0 or (m.symmetry != "none" and m.sigma > 0)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+ENGINE_METHODS = sorted(n for n, m in METHODS.items() if not (m.ramp_steps or m.operator_steps))
+
+
+@pytest.mark.parametrize("name", ["msg", "ligo"])
+def test_grow_refuses_methods_with_their_own_entry_point(name: str) -> None:
+    cfg = MLP.config(input_dim=3, hidden=(4, 6), num_classes=2)
+    params = random_params("mlp", cfg, 0)
+    entry = {"msg": "growth.masked.grow_msg", "ligo": "growth.ligo.grow_ligo"}[name]
+    with pytest.raises(GrowthError, match=entry):
+        grow(params, MLP.spec(cfg), width={"h1": 8}, method=name)
+
+
+@pytest.mark.parametrize("name", ENGINE_METHODS)
 def test_same_seed_same_params_different_seed_different(name: str) -> None:
     cfg = MLP.config(input_dim=3, hidden=(4, 6), num_classes=2)
     params = random_params("mlp", cfg, 0)
