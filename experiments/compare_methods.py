@@ -16,7 +16,9 @@ method, over seeds (mean and std):
 
 ``msg`` (Masked Structural Growth) is grown by ``growth.masked.grow_msg`` and trained with its
 mask ramping 0 -> 1 over ``--ramp-steps`` updates (``fit(..., transform=...)``), on the same
-batches, schedule and budget; its step-0 loss is at mask 0.
+batches, schedule and budget; its step-0 loss is at mask 0. ``ligo`` learns its growth operators
+for 100 steps on training batches (``growth.ligo.grow_ligo``) before the common budget; those
+steps are charged in its FLOPs (one large-model step each), not in its step counts.
 
 Writes ``summary.json``, ``table.md`` and ``loss_curves.png`` under ``--out``.
 
@@ -48,6 +50,7 @@ DEFAULT_METHODS = (
     "stack",
     "tleg",
     "msg",
+    "ligo",
 )
 
 
@@ -58,15 +61,20 @@ def _n_params(tree) -> int:
 
 
 def grow_and_train(
-    family, small_cfg, small_hist, p_small, methods, width, depth, fit, seed, ramp_steps=None
-):
+    family, small_cfg, small_hist, p_small, methods, width, depth, fit, seed, ramp_steps=None,
+    task=None,
+):  # fmt: skip
     """Grow ``p_small`` with every method, train each with ``fit(model, desc, transform) ->
     history dict`` on the same budget, then a same-size model from scratch; returns the per-seed
     record. Masked methods (``ramp_steps`` > 0: msg) are grown by ``growth.masked.grow_msg`` and
-    trained with their mask ramp over ``ramp_steps`` updates (None: the recipe's)."""
+    trained with their mask ramp over ``ramp_steps`` updates (None: the recipe's). Learned
+    operators (``operator_steps`` > 0: ligo) are trained by ``growth.ligo.grow_ligo`` on
+    ``task = (loss_fn, batches)`` (the training loss and an iterator of training batches); their
+    steps are recorded as ``extra_large_steps`` (each costs about one large-model step)."""
     import jax
 
     from growth.engine import apply_plan, plan_growth
+    from growth.ligo import grow_ligo
     from growth.masked import grow_msg, msg_transform
     from growth.methods import get_method
     from growth.models import get_family, grown_config, init_model, model_from_params, params_of
@@ -78,20 +86,30 @@ def grow_and_train(
         t0 = time.perf_counter()
         method, transform = get_method(name), None
         kw = dict(width=width, depth=depth, method=method, key=seed)
-        if method.ramp_steps:
-            new, info, plan = grow_msg(p_small, fam.spec(small_cfg), **kw)
-            transform = msg_transform(info, method.ramp_steps if ramp_steps is None else ramp_steps)
+        extra = {}
+        if method.operator_steps:
+            loss_fn, batches = task
+            big_cfg, new, info = grow_ligo(
+                family, small_cfg, p_small, width, depth, loss_fn, batches,
+                steps=method.operator_steps, depth_rule=method.depth, seed=seed,
+            )  # fmt: skip
+            extra = {"extra_large_steps": method.operator_steps,
+                     "operator_loss": [info["loss_curve"][0], info["loss_curve"][-1]]}  # fmt: skip
+            preserving = info["function_preserving"]
         else:
-            plan = plan_growth(p_small, fam.spec(small_cfg), **kw)
-            new = apply_plan(plan, p_small)
+            if method.ramp_steps:
+                new, info, plan = grow_msg(p_small, fam.spec(small_cfg), **kw)
+                r = method.ramp_steps if ramp_steps is None else ramp_steps
+                transform = msg_transform(info, r)
+            else:
+                plan = plan_growth(p_small, fam.spec(small_cfg), **kw)
+                new = apply_plan(plan, p_small)
+            big_cfg = grown_config(family, small_cfg, plan)
+            preserving = plan.report.function_preserving
         new = jax.block_until_ready(new)
         grow_s = time.perf_counter() - t0
-        big_cfg = grown_config(family, small_cfg, plan)
         hist = fit(model_from_params(family, big_cfg, new), name, transform)
-        out[name] = hist | {
-            "grow_s": grow_s,
-            "function_preserving": plan.report.function_preserving,
-        }
+        out[name] = hist | extra | {"grow_s": grow_s, "function_preserving": preserving}
         print(
             f"  seed {seed} {name:<14} step0 {hist['test_loss'][0]:.4f} "
             f"final {hist['test_loss'][-1]:.4f}",
@@ -109,10 +127,10 @@ def run_seed(
 ):
     """One seed: small model, every method and scratch. Returns {name: history dict, ...}."""
 
-    from growth.data import load_dataset
+    from growth.data import iterate_batches, load_dataset
     from growth.models import get_family, init_model, params_of
     from growth.models.resmlp import ResMLPConfig
-    from growth.train import TrainConfig, train
+    from growth.train import TrainConfig, cross_entropy, train
     from theory.parametrization import adam_lr_multipliers
 
     fam = get_family("resmlp")
@@ -137,37 +155,13 @@ def run_seed(
         )  # fmt: skip
         return hist.to_dict()
 
+    task = (
+        lambda m, x, y: cross_entropy(m(x), y),
+        iterate_batches(data.x_train, data.y_train, tc_big.batch_size, seed + 11),
+    )
     return grow_and_train(
         "resmlp", small_cfg, small_hist.to_dict(), p_small, methods, width, depth, fit, seed,
-        ramp_steps,
-    )  # fmt: skip
-
-
-def _train_lm_masked(model, cfg, steps, test, *, seed, lr_multipliers, desc, transform):
-    """``growth.lm_demo.train_lm`` (same TrainConfig, batches, evaluation) with a params
-    transform: train_lm itself takes none."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from growth.lm_data import lm_batches, load_corpus
-    from growth.lm_demo import _eval_windows, next_byte_loss
-    from growth.train import TrainConfig, fit
-
-    corpus = load_corpus(cfg.corpus_bytes)
-    tc = TrainConfig(
-        steps=steps, batch_size=cfg.batch, lr=cfg.lr, warmup=cfg.warmup,
-        eval_every=cfg.eval_every, seed=seed,
-    )  # fmt: skip
-    windows = jnp.asarray(test)
-
-    def evaluate(m):
-        loss, acc = _eval_windows(*nnx.split(m), windows)
-        return float(loss), float(acc)
-
-    batches = ((b,) for b in lm_batches(corpus.train, cfg.batch, cfg.seq_len, seed))
-    return fit(
-        model, batches, next_byte_loss, evaluate, tc, lr_multipliers=lr_multipliers,
-        desc=desc, progress=False, transform=transform,
+        ramp_steps, task,
     )  # fmt: skip
 
 
@@ -179,8 +173,8 @@ def run_seed_lm(
 
     from flax import nnx
 
-    from growth.lm_data import eval_windows, load_corpus
-    from growth.lm_demo import LMDemoConfig, train_lm
+    from growth.lm_data import eval_windows, lm_batches, load_corpus
+    from growth.lm_demo import LMDemoConfig, next_byte_loss, train_lm
     from growth.models import get_family, params_of
     from growth.models.decoder import Decoder
     from theory.parametrization import adam_lr_multipliers
@@ -200,16 +194,15 @@ def run_seed_lm(
 
     def fit(model, desc, transform):
         mults = adam_lr_multipliers(fam.spec(model.config).resolve(params_of(model)), base)
-        kw = dict(seed=seed + 7, lr_multipliers=mults, desc=desc)
-        if transform is None:
-            hist = train_lm(model, cfg, steps, test, **kw)
-        else:
-            hist = _train_lm_masked(model, cfg, steps, test, transform=transform, **kw)
+        hist = train_lm(model, cfg, steps, test, seed=seed + 7, lr_multipliers=mults, desc=desc,
+                        transform=transform)  # fmt: skip
         return dataclasses.asdict(hist)
 
+    task = (next_byte_loss, ((b,) for b in lm_batches(corpus.train, cfg.batch, cfg.seq_len,
+                                                        seed + 11)))  # fmt: skip
     out = grow_and_train(
         "decoder", small_cfg, dataclasses.asdict(small_hist), p_small, methods, width, depth,
-        fit, seed, ramp_steps,
+        fit, seed, ramp_steps, task,
     )  # fmt: skip
     out["batch"] = cfg.batch * cfg.seq_len  # tokens per step
     return out
@@ -239,12 +232,13 @@ def metrics(run: dict, methods, *, batch: int, small_steps: int) -> dict:
         h = run[m]
         s = _first_at_or_below(h["steps"], h["test_loss"], target)
         first = next((k for k in h["steps"] if k > 0), 1)
+        fl_grow = fl_small + h.get("extra_large_steps", 0) * fl_step  # ligo's operator steps
         res[m] = {
             "zero_shot_gap": h["test_loss"][0] - small_loss,
             "steps_to_target": s,
-            "flops_to_target": None if s is None else s * fl_step + fl_small,
+            "flops_to_target": None if s is None else s * fl_step + fl_grow,
             "speedup": None if s is None else s_scratch / max(s, first),
-            "speedup_flops": None if s is None else s_scratch * fl_step / (s * fl_step + fl_small),
+            "speedup_flops": None if s is None else s_scratch * fl_step / (s * fl_step + fl_grow),
             "final_test_loss": h["test_loss"][-1],
             "function_preserving": h["function_preserving"],
         }
@@ -359,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.quick:
         seeds, small_steps, steps, every = 1, 100, 100, 25
         if a.methods == ",".join(DEFAULT_METHODS):
-            methods = ("exact", "iid", "net2net", "tleg", "msg")
+            methods = ("exact", "iid", "net2net", "tleg", "msg", "ligo")
     name = "compare_methods" + ("_lm" if a.task == "lm" else "") + ("_quick" if a.quick else "")
     out = a.out or Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)

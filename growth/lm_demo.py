@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,11 @@ def train_lm(
     seed: int,
     lr_multipliers: tuple[float, ...] | None = None,
     desc: str = "lm",
+    transform: Callable[[Any, jax.Array], Any] | None = None,
 ) -> History:
     """Train ``model`` in place with the project's loop (``growth.train.fit``) on stdlib bytes;
-    evaluate the held-out windows ``test`` every ``eval_every`` steps (step 0 included)."""
+    evaluate the held-out windows ``test`` every ``eval_every`` steps (step 0 included).
+    transform: per-step params transform passed to ``fit`` (e.g. msg's mask ramp)."""
     corpus = load_corpus(cfg.corpus_bytes)
     tc = TrainConfig(
         steps=steps, batch_size=cfg.batch, lr=cfg.lr, warmup=cfg.warmup,
@@ -138,6 +141,7 @@ def train_lm(
         lr_multipliers=lr_multipliers,
         desc=desc,
         progress=False,
+        transform=transform,
     )
 
 
