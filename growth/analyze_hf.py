@@ -15,7 +15,10 @@ LayerNorm of the post-LN stack, so iid resampling of it is not a width-sampling 
   SP-trained sources -- the DESIGN 2.7 caveat);
 - law of large numbers: iid growth of ``ff`` in every layer to ``k ff`` (unbiased scaling),
   ``draws`` draws per k; log-log slopes of the mean error and of the draw-to-draw sd of the
-  embeddings against N, next to the balanced (copy) growth error (exact: ~1e-7).
+  embeddings against N, next to the balanced (copy) growth error (exact: ~1e-7). The error
+  ``1 - cos ~ |e - e'|^2 / 2`` is quadratic in the embedding's deviation, so an unbiased
+  O(N^-1/2) fluctuation gives slope -1 for the error and -1/2 for the sd; an O(1) bias would
+  flatten the error's slope towards 0.
 """
 
 from __future__ import annotations
@@ -236,7 +239,7 @@ def format_hf_report(r: dict) -> str:
             f"{lln['embedding_sd'][i]:>10.4g} {lln['balanced_gap'][i]:>10.2g}"
         )
     for name, key, expect in (
-        ("mean error", "gap_fit", "-1 if unbiased at O(1/N) per layer; 0 with an O(1) bias"),
+        ("mean error", "gap_fit", "-1: 1 - cos is quadratic in an O(N^-1/2) error; 0: bias"),
         ("sd of embeddings", "sd_fit", "-0.5"),
     ):
         f = lln[key]
