@@ -3,9 +3,10 @@
 
 The plan needs only the shapes and, per leaf, the spread of its entries (the noise scale) and a
 finiteness check, so it reads the source one tensor at a time (safetensors: ``pread`` of the
-tensor's bytes; checkpoint: shapes and dtypes from orbax's metadata, then an orbax partial
-restore of that one array). The output layout (names, dtypes, shapes) is known from the plan
-before any tensor is grown, and each grown tensor is written as soon as it is computed:
+tensor's bytes; checkpoint: shapes and dtypes from orbax's metadata, then a tensorstore read
+of that one array with the spec orbax itself reads it with). The output layout (names, dtypes,
+shapes) is known from the plan before any tensor is grown, and each grown tensor is written as
+soon as it is computed:
 
 - safetensors: header first, then the tensors front to back;
 - checkpoint: one orbax save whose type handler computes and writes the grown leaves one after
@@ -33,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
+from etils import epath
 
 from growth.checkpoint import read_checkpoint_info, write_checkpoint
 from growth.engine import GrowthReport, apply_leaves, plan_growth
@@ -75,35 +78,32 @@ class LazyTensor:
 
 class CheckpointLeaf:
     """A leaf of a ``growth.checkpoint`` directory: shape/dtype now (from ``tree.json``, checked
-    against orbax's metadata), data restored alone (orbax partial restore) on ``np.asarray``.
-    Zero-size leaves, which the format does not store, come back as zeros."""
+    against orbax's metadata), data read alone on ``np.asarray`` through tensorstore with the
+    spec orbax itself reads it with (``ocp.type_handlers.get_json_tspec_read``), so reading a
+    leaf costs O(its size), not O(tree). Zero-size leaves, which the format does not store,
+    come back as zeros."""
 
-    def __init__(self, ckptr: ocp.Checkpointer, params_dir: Path, keys: tuple, where: str,
+    def __init__(self, info: ocp.type_handlers.ParamInfo | None, where: str,
                  shape: tuple[int, ...], dtype: np.dtype):  # fmt: skip
-        self._ckptr, self._dir, self._keys, self.name = ckptr, params_dir, keys, where
+        self._info, self.name = info, where
         self.shape, self.dtype = shape, dtype
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        if int(np.prod(self.shape)) == 0:
+        if self._info is None:
             x = np.zeros(self.shape, self.dtype)
         else:
-            item: Any = 0
-            for k in reversed(self._keys):
-                item = {str(k): item}
             try:
-                got = self._ckptr.restore(
-                    self._dir, args=ocp.args.PyTreeRestore(item=item, partial_restore=True)
-                )
-                for k in self._keys:
-                    got = got[str(k)]
+                ocdbt = bool(self._info.is_ocdbt_checkpoint)
+                spec = ocp.type_handlers.get_json_tspec_read(self._info, use_ocdbt=ocdbt)
+                store = ts.open(ts.Spec(spec), open=True, context=self._info.ts_context).result()
+                x = np.asarray(store.read().result())
             except Exception as e:
                 raise CheckpointError(
-                    f"{self.name}: orbax restore from {self._dir} failed: {type(e).__name__}: {e}"
+                    f"{self.name}: reading {self._info.path} failed: {type(e).__name__}: {e}"
                 ) from e
-            x = np.asarray(got)
             if x.shape != self.shape or x.dtype != self.dtype:
                 raise CheckpointError(
-                    f"{self.name}: {self._dir} holds {x.dtype}{list(x.shape)}, "
+                    f"{self.name}: params/ holds {x.dtype}{list(x.shape)}, "
                     f"tree.json says {self.dtype}{list(self.shape)}"
                 )
         return x if dtype is None else x.astype(dtype)
@@ -148,51 +148,59 @@ def _open_safetensors(path: Path) -> _Source:
     return _Source(tree, None, lambda: os.close(fd))
 
 
-def _lazy_tree(skel: Any, meta: Any, ckptr, params_dir: Path, ckpt: Path, keys: tuple = ()):
-    """Rebuild the saved nested dict (true key types) with :class:`CheckpointLeaf` leaves."""
+def _lazy_tree(skel: Any, meta: Any, make_info: Callable, ckpt: Path, keys: tuple = ()):
+    """Rebuild the saved nested dict (true key types) with :class:`CheckpointLeaf` leaves;
+    ``meta`` is orbax's metadata tree of ``params/``, ``make_info(name)`` a leaf's ParamInfo."""
     where = "params" + "".join(f"[{k!r}]" for k in keys)
     if not isinstance(skel, dict):
         raise CheckpointError(f"checkpoint {ckpt}: {where}: malformed tree.json entry {skel!r}")
     if "dict" in skel:
         meta = meta if isinstance(meta, Mapping) else {}
         return {
-            k: _lazy_tree(child, meta.get(str(k)), ckptr, params_dir, ckpt, (*keys, k))
+            k: _lazy_tree(child, meta.get(str(k)), make_info, ckpt, (*keys, k))
             for k, child in skel["dict"]
         }
     try:
         shape, dtype, stored = tuple(skel["shape"]), np.dtype(skel["dtype"]), skel["stored"]
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {ckpt}: {where}: malformed tree.json entry") from e
+    info = None
     if stored:
-        if meta is None or not hasattr(meta, "shape"):
+        if meta is None or not hasattr(meta, "shape") or not hasattr(meta, "name"):
             raise CheckpointError(f"checkpoint {ckpt}: {where}: array missing from params/")
         if tuple(meta.shape) != shape or np.dtype(meta.dtype) != dtype:
             raise CheckpointError(
                 f"checkpoint {ckpt}: {where}: params/ holds {np.dtype(meta.dtype)}"
                 f"{list(meta.shape)}, tree.json says {dtype}{list(shape)}"
             )
-    return CheckpointLeaf(ckptr, params_dir, keys, f"checkpoint {ckpt}: {where}", shape, dtype)
+        info = make_info(meta.name)
+    return CheckpointLeaf(info, f"checkpoint {ckpt}: {where}", shape, dtype)
 
 
 def _open_checkpoint(path: Path) -> _Source:
     ckpt, skeleton, meta = read_checkpoint_info(path)
     params_dir = ckpt / "params"
-    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
-    try:
-        stored_meta = None
-        if any(True for _ in params_dir.iterdir()):
-            try:
-                stored_meta = ckptr.metadata(params_dir).item_metadata.tree
-            except Exception as e:
-                raise CheckpointError(
-                    f"checkpoint {ckpt}: cannot read orbax metadata of params/: "
-                    f"{type(e).__name__}: {e}"
-                ) from e
-        tree = _lazy_tree(skeleton, stored_meta, ckptr, params_dir, ckpt)
-    except BaseException:
-        ckptr.close()
-        raise
-    return _Source(tree, meta, ckptr.close)
+    tree_meta, use_zarr3, use_ocdbt = None, False, True
+    if any(True for _ in params_dir.iterdir()):
+        try:
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+                item = ckptr.metadata(params_dir).item_metadata
+            tree_meta, use_zarr3 = item.tree, bool(item.use_zarr3)
+            use_ocdbt = ocp.type_handlers.is_ocdbt_checkpoint(epath.Path(params_dir))
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {ckpt}: cannot read orbax metadata of params/: {type(e).__name__}: {e}"
+            ) from e
+    context = ocp.type_handlers.get_ts_context(use_ocdbt=use_ocdbt)  # shared by all leaves
+
+    def make_info(name: str) -> ocp.type_handlers.ParamInfo:
+        return ocp.type_handlers.ParamInfo(
+            name=name, parent_dir=epath.Path(params_dir), is_ocdbt_checkpoint=use_ocdbt,
+            use_zarr3=use_zarr3, ts_context=context, value_typestr="np.ndarray",
+        )  # fmt: skip
+
+    tree = _lazy_tree(skeleton, tree_meta, make_info, ckpt)
+    return _Source(tree, meta, lambda: None)
 
 
 def _open(source: Path) -> _Source:
