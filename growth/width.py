@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -120,12 +121,53 @@ def _grow_axis(
     return x
 
 
-@partial(jax.jit, static_argnames=("leaf_specs", "symmetry", "sigma", "bandwidth", "out_shardings"))
+@partial(
+    jax.jit, static_argnames=("spec", "kinds", "symmetry", "sigma", "bandwidth", "out_sharding")
+)
+def _grow_leaf(
+    leaf: jax.Array,
+    maps: Mapping[str, SpaceMap],
+    key: jax.Array,
+    position: jax.Array,
+    sd: jax.Array,
+    *,
+    spec: LeafSpec,
+    kinds: tuple[tuple[str, str | None], ...],
+    symmetry: str,
+    sigma: float,
+    bandwidth: float,
+    out_sharding: Any,
+) -> jax.Array:
+    """Grow one leaf along its width axes whose space is in ``maps`` (see :func:`apply_width`)."""
+    kind = dict(kinds)
+    x = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
+    sd = sd.astype(x.dtype)
+    key_leaf = jax.random.fold_in(key, position)
+    for ax, a in enumerate(spec.axes):
+        if a is None or a.role == "depth" or a.space not in maps:
+            continue
+        x = _grow_axis(
+            x,
+            ax,
+            a.role,
+            maps[a.space],
+            jax.random.fold_in(key_leaf, ax),
+            sd,
+            symmetry,
+            sigma,
+            bandwidth,
+            kind.get(a.space),
+            spec.norm_part,
+        )
+    (x,) = constrain([x.astype(leaf.dtype)], (out_sharding,))
+    return x
+
+
 def apply_width(
     leaves: Sequence[jax.Array],
     maps: Mapping[str, SpaceMap],
     key: jax.Array,
-    spreads: Sequence[jax.Array],
+    spreads: Sequence[float],
     *,
     leaf_specs: tuple[LeafSpec, ...],
     symmetry: str = "none",
@@ -145,6 +187,10 @@ def apply_width(
     first_leaf: tree position of ``leaves[0]`` (the noise of leaf j is keyed by its position,
     so growing a slice of the leaves -- streaming -- gives the same result as the whole tree).
     Computes in float32 (float64 for float64 leaves); returns each leaf in its source dtype.
+
+    Each leaf is one jitted call (compiled once per leaf signature): XLA's CPU runtime runs one
+    program holding every leaf's gathers ~3x slower than the same gathers as separate programs
+    (measured: two 64 MB leaves 0.55 s in one program, 0.17 s as two, a plain copy 0.19 s).
     """
     if symmetry not in SYMMETRY:
         raise ValueError(f"symmetry {symmetry!r}: expected one of {SYMMETRY}")
@@ -159,31 +205,25 @@ def apply_width(
                 )
     out = []
     for j, (leaf, spec) in enumerate(zip(leaves, leaf_specs, strict=True)):
-        grown = [
-            (ax, a) for ax, a in enumerate(spec.axes) if a and a.role != "depth" and a.space in maps
-        ]
-        if not grown:
+        spaces = {a.space for a in spec.axes if a and a.role != "depth" and a.space in maps}
+        if not spaces:
             out.append(leaf)
             continue
-        x = leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
-        sd = jnp.asarray(spreads[j], x.dtype)
-        key_leaf = jax.random.fold_in(key, first_leaf + j)
-        for ax, a in grown:
-            x = _grow_axis(
-                x,
-                ax,
-                a.role,
-                maps[a.space],
-                jax.random.fold_in(key_leaf, ax),
-                sd,
-                symmetry,
-                sigma,
-                bandwidth,
-                kinds.get(a.space),
-                spec.norm_part,
-            )
-        out.append(x.astype(leaf.dtype))
-    return constrain(out, out_shardings)
+        grown = _grow_leaf(
+            leaf,
+            {s: maps[s] for s in sorted(spaces)},
+            key,
+            jnp.int32(first_leaf + j),
+            jnp.asarray(spreads[j], jnp.result_type(float)),
+            spec=spec,
+            kinds=tuple(sorted((s, kinds.get(s)) for s in spaces)),
+            symmetry=symmetry,
+            sigma=sigma,
+            bandwidth=bandwidth,
+            out_sharding=None if out_shardings is None else out_shardings[j],
+        )
+        out.append(grown)
+    return out
 
 
 def constrain(leaves: list[jax.Array], shardings: tuple | None) -> list[jax.Array]:
