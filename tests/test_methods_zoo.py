@@ -176,6 +176,19 @@ def test_bench_worker_row_is_consistent() -> None:
     assert "| 0.0 |" in markdown([row]) or "exact" in markdown([row])
 
 
+@pytest.mark.slow
+def test_bench_growth_quick_runs(tmp_path) -> None:
+    """The CI-sized benchmark end to end (one subprocess per size and method)."""
+    import json
+
+    from experiments.bench_growth import D_QUICK, METHODS, main
+
+    main(["--quick", "--repeats", "1", "--out", str(tmp_path / "bench.json")])
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert len(rows) == len(D_QUICK) * len(METHODS)
+    assert all(r["ratio_jax"] > 0 and r["steady_s"] > 0 for r in rows)
+
+
 def _hist(losses, fp=True):
     return {"steps": [0, 10, 20, 30], "test_loss": losses, "function_preserving": fp}
 
