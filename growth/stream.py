@@ -79,28 +79,32 @@ class LazyTensor:
 class CheckpointLeaf:
     """A leaf of a ``growth.checkpoint`` directory: shape/dtype now (from ``tree.json``, checked
     against orbax's metadata), data read alone on ``np.asarray`` through tensorstore with the
-    spec orbax itself reads it with (``ocp.type_handlers.get_json_tspec_read``), so reading a
-    leaf costs O(its size), not O(tree). Zero-size leaves, which the format does not store,
-    come back as zeros."""
+    spec orbax itself reads it with (``ocp.type_handlers.get_json_tspec_read``), in a fresh
+    tensorstore context that is dropped afterwards (no cache grows with the number of leaves).
+    Reading a leaf costs O(its size), not O(tree). Zero-size leaves, which the format does not
+    store, come back as zeros."""
 
-    def __init__(self, info: ocp.type_handlers.ParamInfo | None, where: str,
-                 shape: tuple[int, ...], dtype: np.dtype):  # fmt: skip
-        self._info, self.name = info, where
+    def __init__(self, info: dict | None, where: str, shape: tuple[int, ...], dtype: np.dtype):
+        self._info, self.name = info, where  # info: ParamInfo fields but the context
         self.shape, self.dtype = shape, dtype
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         if self._info is None:
             x = np.zeros(self.shape, self.dtype)
         else:
+            ocdbt = self._info["is_ocdbt_checkpoint"]
+            context = ocp.type_handlers.get_ts_context(use_ocdbt=ocdbt)
+            info = ocp.type_handlers.ParamInfo(**self._info, ts_context=context)
             try:
-                ocdbt = bool(self._info.is_ocdbt_checkpoint)
-                spec = ocp.type_handlers.get_json_tspec_read(self._info, use_ocdbt=ocdbt)
-                store = ts.open(ts.Spec(spec), open=True, context=self._info.ts_context).result()
+                spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=ocdbt)
+                store = ts.open(ts.Spec(spec), open=True, context=context).result()
                 x = np.asarray(store.read().result())
             except Exception as e:
                 raise CheckpointError(
-                    f"{self.name}: reading {self._info.path} failed: {type(e).__name__}: {e}"
+                    f"{self.name}: reading {info.path} failed: {type(e).__name__}: {e}"
                 ) from e
+            finally:
+                del context, info
             if x.shape != self.shape or x.dtype != self.dtype:
                 raise CheckpointError(
                     f"{self.name}: params/ holds {x.dtype}{list(x.shape)}, "
@@ -150,7 +154,8 @@ def _open_safetensors(path: Path) -> _Source:
 
 def _lazy_tree(skel: Any, meta: Any, make_info: Callable, ckpt: Path, keys: tuple = ()):
     """Rebuild the saved nested dict (true key types) with :class:`CheckpointLeaf` leaves;
-    ``meta`` is orbax's metadata tree of ``params/``, ``make_info(name)`` a leaf's ParamInfo."""
+    ``meta`` is orbax's metadata tree of ``params/``, ``make_info(name)`` a leaf's ParamInfo
+    fields."""
     where = "params" + "".join(f"[{k!r}]" for k in keys)
     if not isinstance(skel, dict):
         raise CheckpointError(f"checkpoint {ckpt}: {where}: malformed tree.json entry {skel!r}")
@@ -191,13 +196,10 @@ def _open_checkpoint(path: Path) -> _Source:
             raise CheckpointError(
                 f"checkpoint {ckpt}: cannot read orbax metadata of params/: {type(e).__name__}: {e}"
             ) from e
-    context = ocp.type_handlers.get_ts_context(use_ocdbt=use_ocdbt)  # shared by all leaves
 
-    def make_info(name: str) -> ocp.type_handlers.ParamInfo:
-        return ocp.type_handlers.ParamInfo(
-            name=name, parent_dir=epath.Path(params_dir), is_ocdbt_checkpoint=use_ocdbt,
-            use_zarr3=use_zarr3, ts_context=context, value_typestr="np.ndarray",
-        )  # fmt: skip
+    def make_info(name: str) -> dict:
+        return dict(name=name, parent_dir=epath.Path(params_dir), is_ocdbt_checkpoint=use_ocdbt,
+                    use_zarr3=use_zarr3, value_typestr="np.ndarray")  # fmt: skip
 
     tree = _lazy_tree(skeleton, tree_meta, make_info, ckpt)
     return _Source(tree, meta, lambda: None)
