@@ -6,9 +6,11 @@ measures the peak resident memory (VmHWM) of a fresh process that streams the gr
 and outputs: safetensors -> safetensors, orbax checkpoint (``growth.checkpoint``) ->
 safetensors, and checkpoint -> checkpoint. If streaming works, the peak stays flat in K
 (bounded by one leaf's input + output + XLA temporaries + the runtime's baseline) while the
-model size grows linearly. Writes ``runs/bench_stream/stream.json``.
+model size grows linearly. ``--leaf-count`` instead grows many small leaves ([256, 256],
+K = 32 / 512 / 2048, method copy) to measure the cost per leaf rather than per byte. Writes
+``runs/bench_stream/stream.json`` (``leaf_count.json``).
 
-    python experiments/bench_stream.py [--quick]
+    python experiments/bench_stream.py [--quick | --leaf-count]
 """
 
 from __future__ import annotations
@@ -75,20 +77,25 @@ def run(d: int, k: int, method: str, src: Path, out_fmt: str, tmp: Path) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--leaf-count", action="store_true")
     ap.add_argument("--out", default="runs/bench_stream")
     a = ap.parse_args()
     d, ks = (512, (1, 8)) if a.quick else (2048, (1, 4, 16, 32))
+    methods = ("copy", "exact")
+    if a.leaf_count:
+        d, ks, methods = 256, (32, 512, 2048), ("copy",)
     rows = []
     with tempfile.TemporaryDirectory() as t:
         for src_fmt, out_fmt in FORMATS:
             for k in ks:
                 src = _source(d, k, src_fmt, Path(t))
-                for method in ("copy", "exact"):
+                for method in methods:
                     rows.append(run(d, k, method, src, out_fmt, Path(t)))
                     print(json.dumps(rows[-1]), flush=True)
                 _remove(src)
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "stream.json").write_text(json.dumps(rows, indent=2))
+    name = "leaf_count.json" if a.leaf_count else "stream.json"
+    (Path(a.out) / name).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
