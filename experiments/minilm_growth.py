@@ -23,16 +23,7 @@ import numpy as np
 
 from growth import bert, hf
 
-SENTENCES = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A cheetah is running behind its prey.",
-    "Stock markets fell sharply on Monday after the central bank raised interest rates.",
-]
+SENTENCES = list(bert.SENTENCES[:8])
 WIDTH = {"d": 768, "heads": 24, "ff": 3072}
 DEPTH = {"layers": 12}
 

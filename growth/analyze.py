@@ -280,14 +280,8 @@ def format_report(r: dict) -> str:
         f"test loss {r['test_loss']:.4f}  acc {r['test_acc']:.3f}  "
         f"(untrained init loss {c['init_loss']:.4f})",
         "",
-        "RC tie: Spearman(||incoming_i||, ||outgoing_i||) over units, paired vs shuffled",
-        f"  {'space':<12} {'n':>5} {'paired':>8} {'shuf mean':>10} {'shuf sd':>8} {'z':>7}",
+        *tie_lines(r["rc_tie"]),
     ]
-    for s, t in r["rc_tie"].items():
-        lines.append(
-            f"  {s:<12} {t['n']:>5} {t['paired']:>8.3f} {t['shuffled_mean']:>10.3f} "
-            f"{t['shuffled_sd']:>8.3f} {t['z']:>7.2f}"
-        )
     lines += [
         "",
         f"negative controls on {c['space']!r} (test loss; trained {r['test_loss']:.4f}, "
@@ -306,15 +300,37 @@ def format_report(r: dict) -> str:
             f"  {k:>3} {lln['widths'][i]:>6} {lln['mean_abs_gap'][i]:>10.4g} "
             f"{lln['gap_sd'][i]:>10.4g} {lln['logit_sd'][i]:>10.4g} {lln['balanced_gap'][i]:>10.2g}"
         )
-    for name, key, expect in (
+    fits = (
         ("E|gap|", "gap_fit", "-1 for MF sources; SP/muP sources keep an O(1/k) bias"),
         ("sd of logits", "sd_fit", "-0.5"),
-    ):
-        f = lln[key]
+    )
+    return "\n".join(lines + fit_lines(r, fits))
+
+
+def tie_lines(ties: dict) -> list[str]:
+    """The RC-tie table of a report (space -> ``RCTie.to_dict()``)."""
+    w = max([12, *(len(s) for s in ties)])
+    lines = [
+        "RC tie: Spearman(||incoming_i||, ||outgoing_i||) over units, paired vs shuffled",
+        f"  {'space':<{w}} {'n':>5} {'paired':>8} {'shuf mean':>10} {'shuf sd':>8} {'z':>7}",
+    ]
+    for s, t in ties.items():
+        lines.append(
+            f"  {s:<{w}} {t['n']:>5} {t['paired']:>8.3f} {t['shuffled_mean']:>10.3f} "
+            f"{t['shuffled_sd']:>8.3f} {t['z']:>7.2f}"
+        )
+    return lines
+
+
+def fit_lines(r: dict, fits: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """The LLN slope lines ``(label, key in r["lln"], expectation)`` and where outputs went."""
+    lines = []
+    for name, key, expect in fits:
+        f = r["lln"][key]
         lines.append(
             f"  slope of {name} vs N: {f['slope']:.3f}  95% CI [{f['ci'][0]:.3f}, "
             f"{f['ci'][1]:.3f}]  (expected {expect})"
         )
     if "out" in r:
         lines.append(f"\nwrote {r['out']}/analysis.json, analysis.png")
-    return "\n".join(lines)
+    return lines

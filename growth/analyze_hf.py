@@ -30,7 +30,8 @@ import jax
 import numpy as np
 
 from growth import bert, hf
-from growth.analyze import BALANCED, IID_WIDTH, write_outputs
+from growth.analyze import BALANCED, IID_WIDTH, fit_lines, tie_lines, write_outputs
+from growth.bert import SENTENCES
 from growth.engine import grow
 from growth.errors import GrowthError
 from theory.ansatz import (
@@ -42,21 +43,6 @@ from theory.ansatz import (
 )
 
 __all__ = ["SENTENCES", "analyze_hf", "format_hf_report"]
-
-SENTENCES = (
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A cheetah is running behind its prey.",
-    "Stock markets fell sharply on Monday after the central bank raised interest rates.",
-    "The new library opens at nine and closes late on Fridays.",
-    "Heavy rain is expected across the north of the country tomorrow.",
-    "She solved the puzzle in under a minute.",
-    "Scientists discovered a new species of frog in the rainforest.",
-)
 
 
 def _ff_unit(layers: dict, l: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -213,14 +199,8 @@ def format_hf_report(r: dict) -> str:
         f"HF checkpoint {r['checkpoint']} (sizes {r['sizes']}), {r['sentences']} sentences",
         "embedding error = 1 - mean cosine to the source's sentence embeddings",
         "",
-        "RC tie: Spearman(||incoming_i||, ||outgoing_i||) over units, paired vs shuffled",
-        f"  {'space':<16} {'n':>5} {'paired':>8} {'shuf mean':>10} {'shuf sd':>8} {'z':>7}",
+        *tie_lines(r["rc_tie"]),
     ]
-    for s, t in r["rc_tie"].items():
-        lines.append(
-            f"  {s:<16} {t['n']:>5} {t['paired']:>8.3f} {t['shuffled_mean']:>10.3f} "
-            f"{t['shuffled_sd']:>8.3f} {t['z']:>7.2f}"
-        )
     lines += [
         "",
         f"negative controls on {c['space']!r} (embedding error)",
@@ -238,15 +218,8 @@ def format_hf_report(r: dict) -> str:
             f"  {k:>3} {lln['widths'][i]:>6} {lln['mean_abs_gap'][i]:>10.4g} "
             f"{lln['embedding_sd'][i]:>10.4g} {lln['balanced_gap'][i]:>10.2g}"
         )
-    for name, key, expect in (
+    fits = (
         ("mean error", "gap_fit", "-1: 1 - cos is quadratic in an O(N^-1/2) error; 0: bias"),
         ("sd of embeddings", "sd_fit", "-0.5"),
-    ):
-        f = lln[key]
-        lines.append(
-            f"  slope of {name} vs N: {f['slope']:.3f}  95% CI [{f['ci'][0]:.3f}, "
-            f"{f['ci'][1]:.3f}]  (expected {expect})"
-        )
-    if "out" in r:
-        lines.append(f"\nwrote {r['out']}/analysis.json, analysis.png")
-    return "\n".join(lines)
+    )
+    return "\n".join(lines + fit_lines(r, fits))

@@ -20,6 +20,22 @@ import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
 
+#: Real sentences for checks of sentence embeddings (the first 8 are experiments/minilm_growth's).
+SENTENCES = (
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A cheetah is running behind its prey.",
+    "Stock markets fell sharply on Monday after the central bank raised interest rates.",
+    "The new library opens at nine and closes late on Fridays.",
+    "Heavy rain is expected across the north of the country tomorrow.",
+    "She solved the puzzle in under a minute.",
+    "Scientists discovered a new species of frog in the rainforest.",
+)
+
 
 def fold(x: np.ndarray, index: Any, n: int) -> np.ndarray:
     """Average the copies of each source unit on the last axis (``index``: the space's map
