@@ -74,12 +74,12 @@ def run(d: int, k: int, method: str, src: Path, out_fmt: str, tmp: Path) -> dict
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--leaf-count", action="store_true")
     ap.add_argument("--out", default="runs/bench_stream")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     d, ks = (512, (1, 8)) if a.quick else (2048, (1, 4, 16, 32))
     methods = ("copy", "exact")
     if a.leaf_count:
@@ -96,6 +96,7 @@ def main() -> None:
     Path(a.out).mkdir(parents=True, exist_ok=True)
     name = "leaf_count.json" if a.leaf_count else "stream.json"
     (Path(a.out) / name).write_text(json.dumps(rows, indent=2))
+    return rows
 
 
 if __name__ == "__main__":

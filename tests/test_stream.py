@@ -170,3 +170,13 @@ def test_checkpoint_source_bad_input(tmp_path):
         grow_stream(tmp_path / "nan", tmp_path / "o", spec, width={"h": 32})
     assert not (tmp_path / "o").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk", "nan", "notckpt", "src"]
+
+
+@pytest.mark.slow
+def test_bench_stream_quick_runs(tmp_path) -> None:
+    """The CI-sized streaming benchmark end to end (one subprocess per row)."""
+    from experiments.bench_stream import FORMATS, main
+
+    rows = main(["--quick", "--out", str(tmp_path)])
+    assert len(rows) == len(FORMATS) * 2 * 2  # formats x K in (1, 8) x (copy, exact)
+    assert (tmp_path / "stream.json").exists()
