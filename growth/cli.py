@@ -11,6 +11,8 @@ from pathlib import Path
 
 from growth.errors import GrowthError
 
+METHOD_HELP = "a recipe (growth.METHODS), optionally with field overrides: 'exact:sigma=4'"
+
 
 def _cmd_train(a: argparse.Namespace) -> int:
     from growth.commands import train_model
@@ -133,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--to-hf", default=None, help="write the grown HF checkpoint here")
     g.add_argument("--width", default="x4", help="'x4', or 'd=64,h=x2' per space")
     g.add_argument("--depth", default="x2", help="'x2', or 'blocks=6'; '' for no depth growth")
-    g.add_argument("--method", default="exact")
+    g.add_argument("--method", default="exact", help=METHOD_HELP)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None)
     g.add_argument("--overwrite", action="store_true")
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--out", default=None, help="default runs/demo (runs/lm_demo for --task lm)")
     d.add_argument("--quick", action="store_true", help="small budget (~2 min on 2 cores)")
-    d.add_argument("--method", default="exact")
+    d.add_argument("--method", default="exact", help=METHOD_HELP)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)

@@ -232,11 +232,37 @@ RECIPE_INFO: dict[str, dict] = {
 
 
 def get_method(method: str | Method, **overrides: object) -> Method:
-    """Look up a named recipe (or pass a Method through), optionally overriding fields."""
+    """Look up a named recipe (or pass a Method through), optionally overriding fields.
+
+    A name may carry its overrides: ``"exact:sigma=4"``, ``"rc:bandwidth=0.2:depth=stack"``
+    (``name[:field=value]...``; values are parsed as the field's type), so a CLI flag or an
+    experiment's method list can name a variant. Keyword overrides apply after those.
+    """
     if isinstance(method, str):
-        if method not in METHODS:
-            raise GrowthError(f"method {method!r}: expected one of {sorted(METHODS)}")
-        method = METHODS[method]
+        name, *fields = method.split(":")
+        if name not in METHODS:
+            raise GrowthError(f"method {name!r}: expected one of {sorted(METHODS)}")
+        method = replace(METHODS[name], **_parse_overrides(method, fields))
     if not isinstance(method, Method):
         raise GrowthError(f"method: expected a name or a Method, got {type(method).__name__}")
     return replace(method, **overrides) if overrides else method
+
+
+def _parse_overrides(text: str, fields: list[str]) -> dict[str, object]:
+    """``["sigma=4", "depth=stack"]`` -> ``{"sigma": 4.0, "depth": "stack"}``, typed by field."""
+    types = {k: type(v) for k, v in asdict(Method()).items() if k != "name"}
+    out: dict[str, object] = {}
+    for item in fields:
+        key, eq, value = item.partition("=")
+        if not eq or key not in types:
+            raise GrowthError(
+                f"method {text!r}: override {item!r} should be field=value with field one of "
+                f"{sorted(types)}"
+            )
+        try:
+            out[key] = types[key](value)
+        except ValueError:
+            raise GrowthError(
+                f"method {text!r}: {key}={value!r}: expected {types[key].__name__}"
+            ) from None
+    return out

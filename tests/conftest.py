@@ -8,6 +8,7 @@ under ``jax.jit``, and train a small MLP on MNIST-1D once per session for the RC
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,9 +18,17 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from hypothesis import settings
 
 from growth.models import get_family, model_from_params, params_of
 from growth.spec import leaves_with_paths
+
+# Property checks draw the same examples on every machine (seeded by each test's source), so
+# `make test` here and in CI test the same cases; `HYPOTHESIS_PROFILE=explore` draws fresh ones
+# (pytest --hypothesis-seed=K to repeat a draw) to hunt for counterexamples during development.
+settings.register_profile("mfgrow", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mfgrow"))
 
 ACTS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,

@@ -47,3 +47,28 @@ def test_smoothed_copies_differ_as_features():
     w = np.asarray(grown["layers"][0]["kernel"]).reshape(24, 4, 12)  # copies of unit k: [:, :, k]
     assert np.abs(w[:, 0] - w[:, 1]).max() > 1e-3
     np.testing.assert_allclose(w.mean(1), np.asarray(params["layers"][0]["kernel"]), atol=1e-6)
+
+
+def test_method_names_carry_typed_overrides():
+    m = growth.get_method("rc:bandwidth=0.2:depth=stack:ramp_steps=0")
+    assert (m.name, m.bandwidth, m.depth, m.sampler) == ("rc", 0.2, "stack", "smoothed")
+    assert growth.get_method("exact:sigma=4") == growth.get_method("exact", sigma=4.0)
+    # keyword overrides apply after the name's
+    assert growth.get_method("exact:sigma=4", sigma=2.0).sigma == 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("exact:sig=4", "override 'sig=4' should be field=value"),
+        ("exact:sigma", "override 'sigma' should be field=value"),
+        ("exact:name=x", "override 'name=x' should be field=value"),
+        ("exact:sigma=x", "sigma='x': expected float"),
+        ("msg:ramp_steps=1.5", "ramp_steps='1.5': expected int"),
+        ("nope:sigma=1", "method 'nope': expected one of"),
+        ("iid:bandwidth=0.1", "bandwidth > 0 only applies to sampler='smoothed'"),
+    ],
+)
+def test_method_override_errors_name_the_field(text, message):
+    with pytest.raises(growth.GrowthError, match=message.replace("(", r"\(")):
+        growth.get_method(text)
