@@ -15,6 +15,13 @@ stored and a GPU checkpoint loads on a CPU-only host); zero-size arrays, which o
 live only in ``tree.json``. Loaded leaves are always **numpy** arrays with the saved dtype
 (bfloat16 via ``ml_dtypes``) and shape; mappings come back as plain ``dict``.
 
+Multi-host: a leaf that is a ``jax.Array`` spanning other processes' devices (not fully
+addressable) is saved as it is, each process writing its own shards through orbax; the save is
+then a collective: every process calls :func:`save_checkpoint` with the same path and tree
+(process 0 alone writes the JSON files and renames; the others wait for its outcome and raise
+the same error). It loads anywhere as numpy, whatever the saving topology. Trees of numpy or
+fully addressable arrays are saved by the calling process alone, as usual.
+
 Atomicity: everything is written into a sibling ``<path>.tmp-<random>`` and renamed into place;
 on any error the temporary directory is removed, so an interrupted save never leaves a directory
 at ``<path>`` (at worst a stray ``.tmp-`` sibling after a hard kill, which loading ignores).
@@ -31,9 +38,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_dtypes  # noqa: F401  (registers bfloat16 & co. with numpy, for dtype names)
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from growth.errors import CheckpointError, GrowthError
 
@@ -77,6 +86,12 @@ def _encode(tree: Any, keys: tuple = ()) -> tuple[Any, Any]:
         raise CheckpointError(
             f"{_fmt(keys)}: expected a nested dict of arrays, got {type(tree).__name__}"
         )
+    if isinstance(tree, jax.Array) and not tree.is_fully_addressable:
+        arr = tree  # other processes hold some shards: orbax writes each process's own
+        if np.dtype(arr.dtype).kind in _BAD_KINDS:
+            raise CheckpointError(f"{_fmt(keys)}: unsupported dtype {arr.dtype}")
+        skel = {"shape": list(arr.shape), "dtype": np.dtype(arr.dtype).name, "stored": arr.size > 0}
+        return (arr if arr.size > 0 else None), skel
     try:
         arr = np.asarray(tree)
     except Exception as e:
@@ -153,8 +168,11 @@ def _orbax_save(directory: Path, tree: dict) -> None:
 
 
 def _orbax_restore(directory: Path) -> Any:
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(directory)
+    """Every stored leaf as numpy, whatever devices (or processes) saved it."""
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+        stored = ckptr.metadata(directory).item_metadata.tree
+        numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+        return ckptr.restore(directory, args=ocp.args.PyTreeRestore(restore_args=numpy))
 
 
 def _looks_like_checkpoint(path: Path) -> bool:
@@ -207,7 +225,13 @@ def save_checkpoint(
     if not isinstance(params, Mapping):
         raise CheckpointError(f"params must be a nested dict, got {type(params).__name__}")
     orbax_tree, skeleton = _encode(params)
-    return _commit(target, skeleton, meta_text, lambda d: _write_params(d, orbax_tree), overwrite)
+    collective = any(
+        isinstance(x, jax.Array) and not x.is_fully_addressable
+        for x in jax.tree_util.tree_leaves(orbax_tree)
+    )
+    return _commit(
+        target, skeleton, meta_text, lambda d: _write_params(d, orbax_tree), overwrite, collective
+    )
 
 
 def _write_params(directory: Path, orbax_tree: dict | None) -> None:
@@ -239,46 +263,82 @@ def _commit(
     meta_text: str,
     write_params: Callable[[Path], None],
     overwrite: bool,
+    collective: bool = False,
 ) -> Path:
-    """Write the checkpoint into a temporary sibling, then rename it to ``target``."""
+    """Write the checkpoint into a temporary sibling, then rename it to ``target``.
+
+    ``collective``: every process runs this with the same arguments (a multi-host save): they
+    agree on the temporary name, all write their shards via ``write_params``, process 0 alone
+    creates, finishes and renames, and each step's outcome on process 0 is shared, so all
+    processes return or raise together.
+    """
     tree_text = json.dumps({"format": _FORMAT, "tree": skeleton})
     exists = os.path.lexists(target)
     if exists and not overwrite:
         raise CheckpointError(f"checkpoint path {target} already exists (pass overwrite=True)")
     if exists and not _looks_like_checkpoint(target):
         raise CheckpointError(f"refusing to overwrite {target}: not a checkpoint directory")
-    tmp = target.with_name(f"{target.name}.tmp-{secrets.token_hex(6)}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as e:
-        raise CheckpointError(f"cannot create {tmp}: {type(e).__name__}: {e}") from e
+    token = _shared_token() if collective else secrets.token_hex(6)
+    tmp = target.with_name(f"{target.name}.tmp-{token}")
+    primary = not collective or jax.process_index() == 0
+    err: Exception | None = None
+    if primary:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        except OSError as e:
+            err = CheckpointError(f"cannot create {tmp}: {type(e).__name__}: {e}")
+    _raise_together(err, collective, f"process 0 could not create {tmp}")
     try:
         write_params(tmp / _PARAMS)
-        _write_text(tmp / _TREE, tree_text)
-        _write_text(tmp / _META, meta_text)
-        _write_text(tmp / _COMPLETE, f"mfgrow checkpoint format {_FORMAT}\n")
-        if exists:
-            old = target.with_name(f"{target.name}.old-{secrets.token_hex(6)}")
-            os.rename(target, old)
-            try:
-                os.rename(tmp, target)
-            except BaseException:
-                os.rename(old, target)
-                raise
-            _remove(old)
-        else:
-            os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        if primary:
+            _finish(tmp, target, exists, tree_text, meta_text)
     except BaseException as e:
-        _remove(tmp)
-        if isinstance(e, Exception) and not isinstance(e, GrowthError):
-            raise CheckpointError(
-                f"saving checkpoint to {target} failed: {type(e).__name__}: {e}"
-            ) from e
-        raise
+        if primary:
+            _remove(tmp)
+        if not isinstance(e, Exception):
+            raise
+        if isinstance(e, GrowthError):
+            err = e
+        else:
+            err = CheckpointError(f"saving checkpoint to {target} failed: {type(e).__name__}: {e}")
+            err.__cause__ = e
+    _raise_together(err, collective, f"saving checkpoint to {target} failed on process 0")
     return target
-    return target
+
+
+def _finish(tmp: Path, target: Path, exists: bool, tree_text: str, meta_text: str) -> None:
+    """Write the JSON files and the COMPLETE marker into ``tmp``, then rename it to ``target``
+    (an existing checkpoint there is moved aside first and restored if the rename fails)."""
+    _write_text(tmp / _TREE, tree_text)
+    _write_text(tmp / _META, meta_text)
+    _write_text(tmp / _COMPLETE, f"mfgrow checkpoint format {_FORMAT}\n")
+    if exists:
+        old = target.with_name(f"{target.name}.old-{secrets.token_hex(6)}")
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        _remove(old)
+    else:
+        os.rename(tmp, target)
+    _fsync_dir(target.parent)
+
+
+def _shared_token() -> str:
+    """Process 0's random hex token, on every process (a collective)."""
+    mine = np.frombuffer(secrets.token_bytes(6), np.uint8)
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine), np.uint8)).hex()
+
+
+def _raise_together(err: Exception | None, collective: bool, what: str) -> None:
+    """Raise ``err``; in a collective save, every process also raises when process 0 failed."""
+    if collective and int(multihost_utils.broadcast_one_to_all(np.int32(err is not None))):
+        err = err or CheckpointError(what)
+    if err is not None:
+        raise err
 
 
 def _read_json(path: Path, ckpt: Path) -> Any:

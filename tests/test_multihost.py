@@ -1,7 +1,9 @@
 """Multi-host growth through ``jax.distributed``: two local CPU processes (4 devices each) form
 one 2x4 mesh; a globally sharded params pytree grows, and each process's addressable shards of
 the result equal the matching slices of an unsharded single-process growth, bit for bit, with
-the PartitionSpecs kept; a NaN anywhere in a global leaf is refused by every process."""
+the PartitionSpecs kept; a NaN anywhere in a global leaf is refused by every process; the
+sharded result saved by both processes (``save_checkpoint`` as a collective) loads in one process
+equal to the unsharded growth."""
 
 from __future__ import annotations
 
@@ -13,7 +15,15 @@ import tempfile
 import textwrap
 import time
 
+import jax
+import numpy as np
 import pytest
+
+import growth
+from growth.checkpoint import load_checkpoint
+from growth.models import get_family, init_model, params_of
+from growth.models.resmlp import ResMLPConfig
+from growth.spec import leaves_with_paths
 
 WORKER = textwrap.dedent(
     """
@@ -26,7 +36,7 @@ WORKER = textwrap.dedent(
         os._exit(1)
 
     sys.excepthook = die
-    pid, port = int(sys.argv[1]), sys.argv[2]
+    pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the default in jax 0.10
     jax.distributed.initialize(
         coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid,
@@ -82,6 +92,16 @@ WORKER = textwrap.dedent(
             assert len(y.addressable_shards) == 4
         w1 = got["w1"]
         assert w1.addressable_shards[0].data.shape == (4, 64 // 2, 128 // 4)
+    # a collective save: each process writes its own shards; the test loads it in one process
+    from growth.checkpoint import save_checkpoint
+    grown, _ = growth.grow(sharded, spec, method="exact", **target)
+    save_checkpoint(out, grown, {"saved": 1})
+    try:
+        save_checkpoint(out, grown, {"saved": 2})
+        raise AssertionError("existing checkpoint overwritten")
+    except growth.CheckpointError as e:
+        assert "already exists" in str(e), e
+    save_checkpoint(out, grown, {"saved": 3}, overwrite=True)
     # the finiteness check sees the whole global leaf: every process refuses the same leaf
     bad = dict(params, w2=params["w2"].copy())
     bad["w2"][1, -1, -1] = np.nan  # lives in a shard of the other process for one of them
@@ -101,7 +121,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_pair(timeout: float = 180) -> list[tuple[int, str]]:
+def _run_pair(out: str, timeout: float = 180) -> list[tuple[int, str]]:
     """Run WORKER as processes 0 and 1; returns ``[(returncode, output)]``. Fails the test if
     they have not finished within ``timeout`` s; if one fails, the other (which would wait for
     it in a collective) is killed at once."""
@@ -112,7 +132,7 @@ def _run_pair(timeout: float = 180) -> list[tuple[int, str]]:
     logs = [tempfile.TemporaryFile("w+") for _ in range(2)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(i), port], env=env, stdout=log, stderr=log
+            [sys.executable, "-c", WORKER, str(i), port, out], env=env, stdout=log, stderr=log
         )
         for i, log in enumerate(logs)
     ]
@@ -137,8 +157,25 @@ def _run_pair(timeout: float = 180) -> list[tuple[int, str]]:
     return [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
 
 
-def test_multihost_growth_matches_single_process():
-    results = _run_pair()
+def test_multihost_growth_matches_single_process(tmp_path):
+    out = tmp_path / "grown"
+    results = _run_pair(str(out))
     report = "\n".join(f"--- process {i} (rc={rc}):\n{out[-4000:]}" for i, (rc, out) in
                         enumerate(results))  # fmt: skip
     assert all(rc == 0 and f"OK {i}" in out for i, (rc, out) in enumerate(results)), report
+    # the checkpoint both processes saved (shards of 8 devices in 2 processes) loads here, on
+    # one process, as numpy, equal to this process's unsharded growth bit for bit
+    cfg = ResMLPConfig(40, 16, 32, 2, 10)
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: params_of(init_model("resmlp", cfg)))
+    params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
+    ref, _ = growth.grow(
+        params, get_family("resmlp").spec(cfg), method="exact",
+        width={"d": 64, "h": 128}, depth={"blocks": 4}, key=3,
+    )  # fmt: skip
+    loaded, meta = load_checkpoint(out)
+    assert meta == {"saved": 3}
+    for (path, x), y in zip(leaves_with_paths(ref), jax.tree_util.tree_leaves(loaded), strict=True):
+        assert isinstance(y, np.ndarray) and y.dtype == x.dtype, path
+        np.testing.assert_array_equal(y, np.asarray(x), err_msg=path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grown"]  # no tmp/old siblings left
