@@ -88,19 +88,17 @@ def _encode(tree: Any, keys: tuple = ()) -> tuple[Any, Any]:
         )
     if isinstance(tree, jax.Array) and not tree.is_fully_addressable:
         arr = tree  # other processes hold some shards: orbax writes each process's own
-        if np.dtype(arr.dtype).kind in _BAD_KINDS:
-            raise CheckpointError(f"{_fmt(keys)}: unsupported dtype {arr.dtype}")
-        skel = {"shape": list(arr.shape), "dtype": np.dtype(arr.dtype).name, "stored": arr.size > 0}
-        return (arr if arr.size > 0 else None), skel
-    try:
-        arr = np.asarray(tree)
-    except Exception as e:
-        raise CheckpointError(
-            f"{_fmt(keys)}: cannot convert {type(tree).__name__} to an array: {e}"
-        ) from e
-    if arr.dtype.kind in _BAD_KINDS or arr.dtype.fields is not None:
-        raise CheckpointError(f"{_fmt(keys)}: unsupported dtype {arr.dtype}")
-    skel = {"shape": list(arr.shape), "dtype": arr.dtype.name, "stored": arr.size > 0}
+    else:
+        try:
+            arr = np.asarray(tree)
+        except Exception as e:
+            raise CheckpointError(
+                f"{_fmt(keys)}: cannot convert {type(tree).__name__} to an array: {e}"
+            ) from e
+    dtype = np.dtype(arr.dtype)
+    if dtype.kind in _BAD_KINDS or dtype.fields is not None:
+        raise CheckpointError(f"{_fmt(keys)}: unsupported dtype {dtype}")
+    skel = {"shape": list(arr.shape), "dtype": dtype.name, "stored": arr.size > 0}
     return (arr if arr.size > 0 else None), skel
 
 
