@@ -38,7 +38,7 @@ import numpy as np
 
 from growth.errors import GrowthError
 from growth.spec import LeafSpec
-from growth.width import constrain
+from growth.width import along, constrain
 
 DEPTH_RULES = ("identity", "duplicate", "interpolate", "stack", "linear-fit")
 
@@ -101,13 +101,19 @@ def depth_map(rule: str, L: int, L_new: int) -> DepthMap:
     return DepthMap(jnp.asarray(mix), jnp.asarray(scale))
 
 
-def _mix_axis(x: jax.Array, axis: int, dm: DepthMap, residual_out: bool) -> jax.Array:
-    y = jnp.tensordot(
-        dm.mix.astype(x.dtype), x, axes=([1], [axis]), precision=jax.lax.Precision.HIGHEST
-    )
-    if residual_out:
-        y = y * dm.out_scale.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
+def contract(x: jax.Array, axis: int, op: jax.Array) -> jax.Array:
+    """``new[..., i, ...] = sum_k op[i, k] x[..., k, ...]`` along ``axis``, at HIGHEST matmul
+    precision (one-hot rows copy exactly); ``op`` [M, x.shape[axis]] is cast to ``x.dtype``."""
+    hi = jax.lax.Precision.HIGHEST
+    y = jnp.tensordot(op.astype(x.dtype), x, axes=([1], [axis]), precision=hi)
     return jnp.moveaxis(y, 0, axis)
+
+
+def mix_axis(x: jax.Array, axis: int, dm: DepthMap, residual_out: bool) -> jax.Array:
+    """A depth map along ``axis``: ``mix`` contracted in, times ``out_scale`` for a
+    ``residual_out`` leaf."""
+    y = contract(x, axis, dm.mix)
+    return y * along(dm.out_scale.astype(y.dtype), y.ndim, axis) if residual_out else y
 
 
 @partial(jax.jit, static_argnames=("leaf_specs", "out_shardings"))
@@ -129,7 +135,7 @@ def apply_depth(
         x = leaf
         for ax, a in enumerate(spec.axes):
             if a and a.role == "depth" and a.space in maps:
-                x = _mix_axis(
+                x = mix_axis(
                     x.astype(jnp.promote_types(x.dtype, jnp.float32)),
                     ax,
                     maps[a.space],

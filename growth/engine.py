@@ -23,7 +23,7 @@ from growth.depth import DepthMap, apply_depth, depth_map
 from growth.errors import GrowthError
 from growth.methods import Method, get_method
 from growth.spec import NeuronSpec, ResolvedSpec, leaves_with_paths
-from growth.width import apply_width
+from growth.width import along, apply_width
 from theory.measure import SpaceMap, padded_map, pair_map, sample_space
 
 
@@ -282,9 +282,7 @@ def _fanout_from_next_block(leaves: list[jax.Array], plan: GrowthPlan) -> list[j
                 pos = jnp.arange(N)
                 if a.space in plan.resolved.paired:
                     n, pos = n // 2, pos % (N // 2)
-                shape = [1] * x.ndim
-                shape[ax] = N
-                x = jnp.where((pos >= n).reshape(shape), nxt, x)
+                x = jnp.where(along(pos >= n, x.ndim, ax), nxt, x)
         out.append(x)
     return out
 

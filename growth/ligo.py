@@ -42,14 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from growth.depth import DepthMap
+from growth.depth import DepthMap, contract, mix_axis
 from growth.engine import GrowthPlan, plan_growth
 from growth.errors import GrowthError
 from growth.methods import Method
 from growth.models import get_family, grown_config, model_from_params
 from growth.spec import ResolvedSpec
-
-HI = jax.lax.Precision.HIGHEST
 
 
 class WidthOp(NamedTuple):
@@ -112,11 +110,6 @@ def dense_operators(plan: GrowthPlan, *, sigma: float = 0.0, key: jax.Array | in
     return Operators(width, depth)
 
 
-def _contract(x: jax.Array, axis: int, op: jax.Array) -> jax.Array:
-    """``new[..., i, ...] = sum_k op[i, k] x[..., k, ...]`` along ``axis``."""
-    return jnp.moveaxis(jnp.tensordot(op, x, axes=([1], [axis]), precision=HI), 0, axis)
-
-
 def check_operators(ops: Operators, resolved: ResolvedSpec) -> None:
     """Raise GrowthError unless every operator names a space of ``resolved`` with its size."""
     for kind, table, known in (
@@ -153,15 +146,10 @@ def apply_operators(ops: Operators, params: Any, resolved: ResolvedSpec) -> Any:
             if a is None:
                 continue
             if a.role == "depth" and a.space in ops.depth:
-                dm = ops.depth[a.space]
-                y = _contract(y, ax, dm.mix.astype(y.dtype))
-                if spec.residual_out:
-                    shape = [1] * y.ndim
-                    shape[ax] = -1
-                    y = y * dm.out_scale.astype(y.dtype).reshape(shape)
+                y = mix_axis(y, ax, ops.depth[a.space], spec.residual_out)
             elif a.role != "depth" and a.space in ops.width:
                 w = ops.width[a.space]
-                y = _contract(y, ax, (w.fan_out if a.role == "out" else w.fan_in).astype(y.dtype))
+                y = contract(y, ax, w.fan_out if a.role == "out" else w.fan_in)
         out.append(y.astype(x.dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 

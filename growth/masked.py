@@ -49,6 +49,7 @@ from growth.engine import GrowthPlan, apply_leaves, plan_growth
 from growth.errors import GrowthError
 from growth.methods import Method, get_method
 from growth.spec import LeafSpec, NeuronSpec, ResolvedSpec
+from growth.width import along
 
 _FRESH_SALT = 0x6D7367  # "msg": the fresh weights' key, independent of the engine's noise keys
 
@@ -72,12 +73,6 @@ def _new_slots(n: int, N: int, paired: bool) -> np.ndarray:
     """bool [N]: slots past the source size (for a paired space, past n/2 in each half)."""
     pos = np.arange(N)
     return (pos % (N // 2) >= n // 2) if paired else (pos >= n)
-
-
-def _along(v: jax.Array, ndim: int, axis: int) -> jax.Array:
-    shape = [1] * ndim
-    shape[axis] = v.shape[0]
-    return v.reshape(shape)
 
 
 def _pad_new(x: jax.Array, axis: int, n: int, N: int, paired: bool) -> jax.Array:
@@ -149,11 +144,11 @@ def _fresh_leaves(
         for ax, a in enumerate(spec.axes):
             if a and a.role != "depth" and a.space in sizes:
                 n, N, paired = sizes[a.space]
-                slots = _along(jnp.asarray(_new_slots(n, N, paired)), x.ndim, ax)
+                slots = along(jnp.asarray(_new_slots(n, N, paired)), x.ndim, ax)
                 x, new = _pad_new(x, ax, n, N, paired), _pad_new(new, ax, n, N, paired) | slots
                 touched = True
             elif a and a.role == "depth" and a.space in new_blocks:
-                new = new | _along(jnp.asarray(new_blocks[a.space]), x.ndim, ax)
+                new = new | along(jnp.asarray(new_blocks[a.space]), x.ndim, ax)
                 touched = True
         grown_leaves.append(x)
         news.append(new if touched else None)
@@ -262,7 +257,7 @@ def masked_params(params: Any, info: MaskInfo, m: float | jax.Array) -> Any:
                     f"entries, the mask {new.shape[0]}"
                 )
             factor = jnp.where(jnp.asarray(new), jnp.asarray(m, x.dtype), jnp.ones((), x.dtype))
-            x = x * _along(factor, x.ndim, ax)
+            x = x * along(factor, x.ndim, ax)
         out.append(x)
     return jax.tree_util.tree_unflatten(treedef, out)
 

@@ -48,15 +48,10 @@ from growth.depth import apply_depth
 from growth.engine import GrowthPlan
 from growth.errors import GrowthError
 from growth.spec import leaves_with_paths
+from growth.width import along
 
 #: optax state fields that hold second moments (mapped with the squared gradient scale).
 SECOND_MOMENTS = frozenset({"nu", "nu_max", "sum_of_squares"})
-
-
-def _vec(v: jax.Array, ndim: int, axis: int) -> jax.Array:
-    shape = [1] * ndim
-    shape[axis] = v.shape[0]
-    return v.reshape(shape)
 
 
 def _real_scale(m: Any) -> jax.Array:
@@ -103,9 +98,9 @@ def gradient_map(plan: GrowthPlan, tree: Any, *, power: int = 1) -> Any:
             m = plan.maps[a.space]
             x = jnp.take(x, m.index, axis=ax)
             if a.role == "out":
-                x = x * _vec(m.scale.astype(x.dtype), x.ndim, ax) ** power
+                x = x * along(m.scale.astype(x.dtype), x.ndim, ax) ** power
             if m.pad is not None:
-                at = _vec(m.pad, x.ndim, ax)
+                at = along(m.pad, x.ndim, ax)
                 real = jnp.sum(jnp.where(at, 0.0, x), ax, keepdims=True) / jnp.sum(~m.pad)
                 x = jnp.where(at, 0.0 if power == 1 else real, x)
         out.append(x / _gain_factor(plan, spec) ** power)
@@ -170,7 +165,7 @@ def adam_scales(plan: GrowthPlan, params: Any) -> AdamScales:
         g = jnp.full((1,) * x.ndim, 1.0 / e, jnp.float32)
         for ax, a in enumerate(spec.axes):
             if a and a.role != "depth" and a.space in plan.maps:
-                s = _vec(_real_scale(plan.maps[a.space]).astype(jnp.float32), x.ndim, ax)
+                s = along(_real_scale(plan.maps[a.space]).astype(jnp.float32), x.ndim, ax)
                 if a.role == "in":
                     v = v * s
                 else:

@@ -49,7 +49,7 @@ from theory.measure import SpaceMap, counter_noise, zero_sum_noise
 SYMMETRY = ("none", "zero-sum", "noise")
 
 
-def _along(v: jax.Array, ndim: int, axis: int) -> jax.Array:
+def along(v: jax.Array, ndim: int, axis: int) -> jax.Array:
     """Reshape a vector so it broadcasts along ``axis`` of an ndim-array."""
     shape = [1] * ndim
     shape[axis] = v.shape[0]
@@ -58,7 +58,7 @@ def _along(v: jax.Array, ndim: int, axis: int) -> jax.Array:
 
 def _mean_real(x: jax.Array, axis: int, pad: jax.Array) -> jax.Array:
     """Mean of x along ``axis`` over the non-pad slots (keepdims)."""
-    real = _along(~pad, x.ndim, axis)
+    real = along(~pad, x.ndim, axis)
     return jnp.sum(jnp.where(real, x, 0.0), axis, keepdims=True) / jnp.sum(~pad).astype(x.dtype)
 
 
@@ -66,7 +66,7 @@ def _fill_pads(
     x: jax.Array, axis: int, role: str, pad: jax.Array, kind: str, part: str | None
 ) -> jax.Array:
     """Set the pad slots of a gathered axis (see the module docstring); scale norm gains."""
-    at = _along(pad, x.ndim, axis)
+    at = along(pad, x.ndim, axis)
     if role == "in" or part == "bias" or (part is None and kind == "rms"):
         return jnp.where(at, 0.0, x)
     if part == "gain":
@@ -113,11 +113,11 @@ def _grow_axis(
         x = x + sigma * sd * _centred_noise(k_sym, x, axis, m)
     elif symmetry == "noise" and sigma > 0:
         x = x + sigma * sd * counter_noise(k_sym, x.shape, x.dtype)
-    x = x * _along(m.scale.astype(x.dtype), x.ndim, axis)
+    x = x * along(m.scale.astype(x.dtype), x.ndim, axis)
     if m.pad is not None and symmetry != "none" and sigma > 0:
         s_bar = (jnp.sum(m.scale) / jnp.sum(~m.pad)).astype(x.dtype)
         z = counter_noise(jax.random.fold_in(k_sym, 1), x.shape, x.dtype)
-        x = x + jnp.where(_along(m.pad, x.ndim, axis), sigma * sd * s_bar * z, 0.0)
+        x = x + jnp.where(along(m.pad, x.ndim, axis), sigma * sd * s_bar * z, 0.0)
     return x
 
 
