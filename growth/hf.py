@@ -46,6 +46,7 @@ from growth.hf_io import (  # noqa: F401  (CONFIG, WEIGHTS, SUPPORTED: public na
     WEIGHTS,
     read_config,
     read_tensors,
+    refuse_unused,
     write_checkpoint,
 )
 from growth.hf_io import PRIVATE as _PRIVATE
@@ -183,13 +184,10 @@ def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
         if prefix + key in tensors:
             used.add(prefix + key)
             buffers[key] = str(tensors[prefix + key].dtype)
-    extra = sorted(set(tensors) - used)
-    if extra:
-        raise GrowthError(
-            f"HF checkpoint {str(path)!r}: unsupported tensors {extra[:5]}"
-            f"{' ...' if len(extra) > 5 else ''} (only BertModel weights, optionally under "
-            "'bert.', are supported; task heads are not)"
-        )
+    refuse_unused(
+        path, tensors, used,
+        "only BertModel weights, optionally under 'bert.', are supported; task heads are not",
+    )  # fmt: skip
     config = dict(config)
     config[_PRIVATE] = {
         "prefix": prefix,

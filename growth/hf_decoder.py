@@ -42,7 +42,7 @@ import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
 from growth.hf_io import PRIVATE as _PRIVATE
-from growth.hf_io import WEIGHTS, read_config, read_tensors
+from growth.hf_io import WEIGHTS, read_config, read_tensors, refuse_unused
 from growth.hf_io import numpy_tree as _numpy_tree
 from growth.hf_io import parse_growth_targets as _targets
 from growth.hf_layout import HEAD, LAYOUT, PREFIX, TOP, decoder_config, hf_config
@@ -134,12 +134,7 @@ def load_decoder(path: str | Path) -> tuple[dict, dict, NeuronSpec]:
                     "the standard value (custom masks/frequencies unsupported)"
                 )
         buffers[suffix] = rec
-    extra = sorted(set(tensors) - used)
-    if extra:
-        raise GrowthError(
-            f"HF checkpoint {str(path)!r}: unsupported tensors {extra[:5]}"
-            f"{' ...' if len(extra) > 5 else ''} (only {kind} causal-LM weights)"
-        )
+    refuse_unused(path, tensors, used, f"only {kind} causal-LM weights")
     dtypes = {k: str(v.dtype) for k, v in _flat(params).items()}
     params = _numpy_tree(params)  # own contiguous copies
     config = dict(config)

@@ -119,6 +119,16 @@ def parse_growth_targets(spec_sizes: Mapping[str, int], value: Any, what: str) -
     return parse_targets(str(value), spec_sizes, what)
 
 
+def refuse_unused(path: Path, tensors: Mapping[str, Any], used: set[str], supported: str) -> None:
+    """GrowthError naming (up to five of) the tensors an importer did not consume."""
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise GrowthError(
+            f"HF checkpoint {str(path)!r}: unsupported tensors {extra[:5]}"
+            f"{' ...' if len(extra) > 5 else ''} ({supported})"
+        )
+
+
 def numpy_tree(tree: Any) -> Any:
     """Nested dict of arrays -> the same nesting of (copied, C-contiguous) numpy arrays."""
     if isinstance(tree, Mapping):
