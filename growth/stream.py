@@ -371,23 +371,3 @@ def grow_stream(
         src.close()
     return plan.report
 
-
-def grow_safetensors(
-    source: str | os.PathLike,
-    out: str | os.PathLike,
-    spec: NeuronSpec,
-    *,
-    width: dict[str, int] | None = None,
-    depth: dict[str, int] | None = None,
-    method: str | Method = "exact",
-    key: int = 0,
-) -> GrowthReport:
-    """Grow the flat tensor dict in ``source`` (a ``.safetensors`` file) into ``out``.
-
-    ``spec`` patterns match the tensor names (one path component each, e.g. ``"w1"``).
-    """
-    source = Path(source)
-    if not source.is_file():
-        raise CheckpointError(f"{str(source)!r}: no such safetensors file")
-    return grow_stream(source, out, spec, width=width, depth=depth, method=method, key=key,
-                       out_format="safetensors")  # fmt: skip

@@ -16,7 +16,7 @@ from growth.errors import CheckpointError
 from growth.models import get_family, init_model, params_of
 from growth.models.resmlp import ResMLPConfig
 from growth.spec import NeuronSpec
-from growth.stream import grow_safetensors, grow_stream
+from growth.stream import grow_stream
 
 
 def _flat_resmlp():
@@ -34,8 +34,8 @@ def test_streaming_equals_in_memory(tmp_path, method):
     flat, spec = _flat_resmlp()
     save_file(flat, str(tmp_path / "src.safetensors"))
     target = dict(width={"d": 24, "h": 40}, depth={"blocks": 4}, method=method, key=5)
-    report = grow_safetensors(tmp_path / "src.safetensors", tmp_path / "out.safetensors", spec,
-                              **target)  # fmt: skip
+    report = grow_stream(tmp_path / "src.safetensors", tmp_path / "out.safetensors", spec,
+                         **target)  # fmt: skip
     streamed = load_file(str(tmp_path / "out.safetensors"))
     in_memory, ref = growth.grow(flat, spec, **target)
     assert report.sizes_after == ref.sizes_after
@@ -50,13 +50,13 @@ def test_streaming_equals_in_memory(tmp_path, method):
 def test_streaming_errors_leave_nothing(tmp_path):
     flat, spec = _flat_resmlp()
     with pytest.raises(CheckpointError, match="no such"):
-        grow_safetensors(tmp_path / "nope.safetensors", tmp_path / "o.safetensors", spec)
+        grow_stream(tmp_path / "nope.safetensors", tmp_path / "o.safetensors", spec)
     flat["w2"] = flat["w2"].copy()
     flat["w2"][0, 0, 0] = np.nan
     save_file(flat, str(tmp_path / "src.safetensors"))
     with pytest.raises(growth.GrowthError, match="'w2' contains NaN"):
-        grow_safetensors(tmp_path / "src.safetensors", tmp_path / "o.safetensors", spec,
-                         width={"d": 16})  # fmt: skip
+        grow_stream(tmp_path / "src.safetensors", tmp_path / "o.safetensors", spec,
+                    width={"d": 16})  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.safetensors"]
 
 
