@@ -1,9 +1,9 @@
-"""Peak memory of streaming growth vs model size (``growth.stream``).
+"""Peak memory of streaming growth vs model size (``growth.formats.stream``).
 
 Builds sources of K leaves, each a [d, d] float32 matrix with axes (out:h, in:h) of one space
 grown d -> 2d (each grown leaf is 4x its source), for increasing K at a fixed leaf size, and
 measures the peak resident memory (VmHWM) of a fresh process that streams the growth. Sources
-and outputs: safetensors -> safetensors, orbax checkpoint (``growth.checkpoint``) ->
+and outputs: safetensors -> safetensors, orbax checkpoint (``growth.formats.checkpoint``) ->
 safetensors, and checkpoint -> checkpoint. If streaming works, the peak stays flat in K
 (bounded by one leaf's input + output + XLA temporaries + the runtime's baseline) while the
 model size grows linearly. ``--leaf-count`` instead grows many small leaves ([256, 256],
@@ -27,7 +27,7 @@ from pathlib import Path
 WORKER = """
 import sys, numpy as np
 from growth.spec import NeuronSpec
-from growth.stream import grow_stream
+from growth.formats.stream import grow_stream
 src, out, d, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 spec = NeuronSpec({"w*": ("out:h", "in:h")})
 grow_stream(src, out, spec, width={"h": 2 * d}, method=method)
@@ -49,7 +49,7 @@ def _source(d: int, k: int, fmt: str, tmp: Path) -> Path:
         src = tmp / f"src-{k}.safetensors"
         save_file(tensors, str(src))
     else:
-        from growth.checkpoint import save_checkpoint
+        from growth.formats.checkpoint import save_checkpoint
 
         src = save_checkpoint(tmp / f"src-{k}", tensors, {})
     return src

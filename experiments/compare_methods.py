@@ -1,6 +1,7 @@
 """Compare growth methods on the demo task: same small model, same target, same training budget.
 
-For each seed a small ResMLP (``growth.demo`` defaults: width 16, hidden 32, depth 2) is trained on
+For each seed a small ResMLP (``growth.apps.demo.mlp`` defaults: width 16, hidden 32, depth 2) is
+trained on
 MNIST-1D, then grown with every method to the same large config (width x4, hidden x4, depth x2),
 and every grown model -- and a from-scratch model of the same config -- is trained with the same
 batches, schedule, peak LR and muP-Adam multipliers (base widths = the small model's). Per
@@ -14,10 +15,11 @@ method, over seeds (mean and std):
   examples) plus, for the grown model, the small model's training (6 N_small B steps_small);
 - ``final_test_loss``.
 
-``msg`` (Masked Structural Growth) is grown by ``growth.masked.grow_msg`` and trained with its
+``msg`` (Masked Structural Growth) is grown by ``growth.recipes.msg.grow_msg`` and trained with its
 mask ramping 0 -> 1 over ``--ramp-steps`` updates (``fit(..., transform=...)``), on the same
 batches, schedule and budget; its step-0 loss is at mask 0. ``ligo`` learns its growth operators
-for 100 steps on training batches (``growth.ligo.grow_ligo``) before the common budget; those
+for 100 steps on training batches (``growth.recipes.ligo.grow_ligo``) before the common budget;
+those
 steps are charged in its FLOPs (one large-model step each), not in its step counts.
 
 Writes ``summary.json``, ``table.md`` and ``loss_curves.png`` under ``--out``.
@@ -66,18 +68,19 @@ def grow_and_train(
 ):  # fmt: skip
     """Grow ``p_small`` with every method, train each with ``fit(model, desc, transform) ->
     history dict`` on the same budget, then a same-size model from scratch; returns the per-seed
-    record. Masked methods (``ramp_steps`` > 0: msg) are grown by ``growth.masked.grow_msg`` and
+    record. Masked methods (``ramp_steps`` > 0: msg) are grown by ``growth.recipes.msg.grow_msg``
+    and
     trained with their mask ramp over ``ramp_steps`` updates (None: the recipe's). Learned
-    operators (``operator_steps`` > 0: ligo) are trained by ``growth.ligo.grow_ligo`` on
+    operators (``operator_steps`` > 0: ligo) are trained by ``growth.recipes.ligo.grow_ligo`` on
     ``task = (loss_fn, batches)`` (the training loss and an iterator of training batches); their
     steps are recorded as ``extra_large_steps`` (each costs about one large-model step)."""
     import jax
 
     from growth.engine import apply_plan, plan_growth
-    from growth.ligo import grow_ligo
-    from growth.masked import grow_msg, msg_transform
     from growth.methods import get_method
     from growth.models import get_family, grown_config, init_model, model_from_params, params_of
+    from growth.recipes.ligo import grow_ligo
+    from growth.recipes.msg import grow_msg, msg_transform
 
     fam = get_family(family)
     out = {"small": small_hist, "n_small": _n_params(p_small)}
@@ -127,10 +130,10 @@ def run_seed(
 ):
     """One seed: small model, every method and scratch. Returns {name: history dict, ...}."""
 
-    from growth.data import iterate_batches, load_dataset
     from growth.models import get_family, init_model, params_of
     from growth.models.resmlp import ResMLPConfig
-    from growth.train import TrainConfig, cross_entropy, train
+    from growth.tasks.data import iterate_batches, load_dataset
+    from growth.tasks.train import TrainConfig, cross_entropy, train
     from theory.parametrization import adam_lr_multipliers
 
     fam = get_family("resmlp")
@@ -168,15 +171,15 @@ def run_seed(
 def run_seed_lm(
     seed: int, methods, *, small_steps, steps, lr, eval_every, factors, ramp_steps, **_
 ):
-    """The LM task (``growth.lm_demo``, quick decoder on stdlib bytes): same protocol."""
+    """The LM task (``growth.apps.demo.lm``, quick decoder on stdlib bytes): same protocol."""
     import dataclasses
 
     from flax import nnx
 
-    from growth.lm_data import eval_windows, lm_batches, load_corpus
-    from growth.lm_demo import LMDemoConfig, next_byte_loss, train_lm
+    from growth.apps.demo.lm import LMDemoConfig, next_byte_loss, train_lm
     from growth.models import get_family, params_of
     from growth.models.decoder import Decoder
+    from growth.tasks.lm_data import eval_windows, lm_batches, load_corpus
     from theory.parametrization import adam_lr_multipliers
 
     cfg = LMDemoConfig.quick(small_steps=small_steps, steps=steps, eval_every=eval_every, lr=lr)

@@ -1,6 +1,6 @@
 """Which part of the demo's growth pays off? Width only, depth only, both; symmetry breaking.
 
-Runs ``growth.demo`` with the same budget for each variant and writes
+Runs ``growth.apps.demo.mlp`` with the same budget for each variant and writes
 ``runs/ablation/ablation.json`` and a markdown table. ``--quick`` uses the demo's quick budget.
 
     python experiments/demo_ablation.py --quick
@@ -13,7 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from growth.demo import DemoConfig, run_demo
+from growth.apps.demo.mlp import DemoConfig, run_demo
 
 VARIANTS = {
     "width x4, depth x2": {},

@@ -5,7 +5,8 @@ Cases: width only (d 384 -> 768, heads 12 -> 24, ff 1536 -> 3072), depth only (6
 layers), width + depth; methods ``copy`` and ``exact``; for depth the LayerNorms of inserted
 blocks copied from their source block or reset to unit gain / zero bias (``new_block_ln``).
 The grown embedding is read back in the source's 384-d space by averaging the copies of each
-unit before the L2 normalisation (``growth.bert.fold``); pairwise cosine similarities between
+unit before the L2 normalisation (``growth.formats.hf.bert_forward.fold``); pairwise cosine
+similarities between
 sentences need no folding. Writes runs/minilm/minilm_growth.json.
 
     python experiments/minilm_growth.py [--out runs/minilm] [--float64]
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from growth import bert, hf
+from growth.formats import hf
+from growth.formats.hf import bert_forward as bert
 
 SENTENCES = list(bert.SENTENCES[:8])
 WIDTH = {"d": 768, "heads": 24, "ff": 3072}

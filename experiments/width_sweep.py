@@ -12,7 +12,8 @@ rule -- muP-Adam relative to base width 32 (``theory.parametrization``: muP init
 2. the fitted log-log slope of ``SW_2`` against width (95% CI; ``theory.ansatz.loglog_slope``);
    under the ansatz the distance shrinks like ``w^-1/2`` (sampling error of the smaller measure);
 3. for sources of width 32 and 64 (and 128 in the full run), the iid-growth law-of-large-numbers
-   fit of ``growth.analyze`` (growth factors 2..16): slope of ``E|loss gap|`` and of the logits'
+   fit of ``growth.apps.analyze.native`` (growth factors 2..16): slope of ``E|loss gap|`` and of
+   the logits'
    draw-to-draw sd in the grown width N, with CIs. For muP/SP-trained sources the gap keeps an
    ``O(1/k)`` bias in the growth factor k that does not shrink with the source width.
 
@@ -35,12 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from growth.analyze import analyze_checkpoint
-from growth.checkpoint import save_checkpoint
-from growth.data import load_dataset
+from growth.apps.analyze.native import analyze_checkpoint
+from growth.formats.checkpoint import save_checkpoint
 from growth.models import config_to_dict, get_family, init_model, params_of
 from growth.models.mlp import MLPConfig
-from growth.train import TrainConfig, train
+from growth.tasks.data import load_dataset
+from growth.tasks.train import TrainConfig, train
 from theory.ansatz import loglog_slope, unit_features
 from theory.distance import mmd_unbiased, sliced_wasserstein
 from theory.parametrization import adam_lr_multipliers, leaf_rules

@@ -1,5 +1,5 @@
 import sys
 
-from growth.cli import main
+from growth.apps.cli import main
 
 sys.exit(main())

@@ -41,6 +41,14 @@ from growth.spec import LeafSpec
 from growth.width import along, constrain
 
 DEPTH_RULES = ("identity", "duplicate", "interpolate", "stack", "linear-fit")
+#: one line per rule, for ``grow --help``
+DEPTH_RULE_SUMMARY = {
+    "identity": "each block followed by copies whose output projection is zero (exact)",
+    "duplicate": "each block repeated c times, outputs scaled 1/c (Euler step halving; approx.)",
+    "interpolate": "new blocks interpolate their neighbours, outputs scaled L/L' (approx.)",
+    "stack": "the whole stack repeated, no rescaling (G_stack; approx.)",
+    "linear-fit": "least-squares linear depth profile evaluated at new depths (TLEG; approx.)",
+}
 
 
 class DepthMap(NamedTuple):

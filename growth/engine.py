@@ -199,7 +199,7 @@ class GrowthPlan:
     params, the method, the per-space index maps, the depth maps and the PRNG key for noise.
 
     Apply it to the params with :func:`apply_plan`; the same plan maps anything that lives on the
-    same leaves (e.g. optimizer moments, see ``growth.optstate``).
+    same leaves (e.g. optimizer moments, see ``growth.recipes.optstate``).
     """
 
     resolved: ResolvedSpec
@@ -223,8 +223,8 @@ def plan_growth(
     """Validate the request against ``params`` and draw all index and depth maps."""
     resolved = spec.resolve(params)
     method = get_method(method)
-    for knob, entry in (("ramp_steps", "growth.masked.grow_msg"),
-                        ("operator_steps", "growth.ligo.grow_ligo")):  # fmt: skip
+    for knob, entry in (("ramp_steps", "growth.recipes.msg.grow_msg"),
+                        ("operator_steps", "growth.recipes.ligo.grow_ligo")):  # fmt: skip
         if getattr(method, knob):
             raise GrowthError(
                 f"method {method.name!r} ({knob}={getattr(method, knob)}) needs training data "
@@ -292,7 +292,8 @@ def apply_leaves(
 ) -> list[jax.Array]:
     """Apply a plan to the consecutive leaves ``first_leaf, first_leaf + 1, ...`` (tree order).
 
-    Growing the whole tree at once or a slice at a time (``growth.stream``) gives the same bits.
+    Growing the whole tree at once or a slice at a time (``growth.formats.stream``) gives the same
+    bits.
     """
     sl = slice(first_leaf, first_leaf + len(leaves))
     specs, spreads = plan.resolved.leaves[sl], plan.spreads[sl]

@@ -32,13 +32,13 @@ name              sampler     scaling    symmetry    depth        guarantee
 ``ligo``          balanced    exact      none        identity     exact at init; learned (***)
 ================  ==========  =========  ==========  ===========  ===============================
 
-(**) ``msg`` (``ramp_steps > 0``) is grown by ``growth.masked.grow_msg``, not by ``grow``: new units
-of non-normalised spaces and new blocks are drawn fresh and hidden behind a mask that ramps
-0 -> 1 over ``ramp_steps`` training steps; normalised spaces use the engine's copy map (the
+(**) ``msg`` (``ramp_steps > 0``) is grown by ``growth.recipes.msg.grow_msg``, not by ``grow``:
+new units of non-normalised spaces and new blocks are drawn fresh and hidden behind a mask that
+ramps 0 -> 1 over ``ramp_steps`` training steps; normalised spaces use the engine's copy map (the
 sampler/scaling/symmetry columns apply to them).
 
-(***) ``ligo`` (``operator_steps > 0``) is grown by ``growth.ligo.grow_ligo``: the plan of the
-columns is written as dense per-space operators (and the depth mixing matrix), which are then
+(***) ``ligo`` (``operator_steps > 0``) is grown by ``growth.recipes.ligo.grow_ligo``: the plan
+of the columns is written as dense per-space operators (and the depth mixing matrix), which are then
 trained for ``operator_steps`` steps on the task loss of the large model; the function changes.
 
 ``smoothed`` perturbs the copies' fan-out slices (their features) with antithetic kernel noise
@@ -80,9 +80,9 @@ class Method:
     block l take their fan-out slice from block l + 1, the last block from itself; changes the
     function).
     ramp_steps: 0 for the engine's recipes; ``>= 1`` selects masked structural growth (MSG,
-    ``growth.masked``): new units and blocks are drawn fresh and masked, and the mask ramps
-    linearly from 0 to 1 over this many optimizer steps (``growth.masked.msg_transform``).
-    operator_steps: 0 for the engine's recipes; ``>= 1`` selects LiGO (``growth.ligo``): the
+    ``growth.recipes.msg``): new units and blocks are drawn fresh and masked, and the mask ramps
+    linearly from 0 to 1 over this many optimizer steps (``growth.recipes.msg.msg_transform``).
+    operator_steps: 0 for the engine's recipes; ``>= 1`` selects LiGO (``growth.recipes.ligo``): the
     plan's maps become dense linear operators trained for this many steps on the task loss.
     Methods with ``ramp_steps`` or ``operator_steps`` need their own entry point (they need
     training data or a training loop); ``growth.grow`` refuses them.
@@ -167,63 +167,103 @@ METHODS: dict[str, Method] = {
     ),
     "stack": Method(symmetry="none", sigma=0.0, depth="stack", name="stack"),
     "tleg": Method(symmetry="none", sigma=0.0, depth="linear-fit", name="tleg"),
-    # zero-sum noise as in `exact` on the normalised spaces' copies; ramp: growth.masked
+    # zero-sum noise as in `exact` on the normalised spaces' copies; ramp: growth.recipes.msg
     "msg": Method(sigma=1.0, ramp_steps=100, name="msg"),
-    # the operators start at the noiseless copy map; growth.ligo adds fan-out noise to them
+    # the operators start at the noiseless copy map; growth.recipes.ligo adds fan-out noise to them
     "ligo": Method(symmetry="none", sigma=0.0, operator_steps=100, name="ligo"),
 }
 
-#: name -> (source, guarantee). ``exact``: True when the recipe keeps the function exactly (within
+#: name -> summary (one line, for ``grow --help``), source and guarantee. ``exact``: True when
+#: the recipe keeps the function exactly (within
 #: float32 rounding) for width growth on MLP/ResMLP (and identity-depth growth).
 RECIPE_INFO: dict[str, dict] = {
-    "exact": {"source": "mfgrow", "exact": True, "guarantee": "function kept; zero-sum noise"},
-    "copy": {"source": "mfgrow", "exact": True, "guarantee": "function kept; copies identical"},
-    "iid": {"source": "mfgrow", "exact": False, "guarantee": "unbiased, O(1/N) variance"},
-    "smoothed": {"source": "mfgrow", "exact": False, "guarantee": "O(h^2) change"},
-    "net2net-noise": {"source": "mfgrow", "exact": False, "guarantee": "O(sigma) change"},
-    "rc": {"source": "mfgrow", "exact": False, "guarantee": "O(h^2) change"},
+    "exact": {
+        "summary": "balanced copies, 1/count fan-in, zero-sum noise on copies, identity new blocks",
+        "source": "mfgrow",
+        "exact": True,
+        "guarantee": "function kept; zero-sum noise",
+    },
+    "copy": {
+        "summary": "balanced copies, 1/count fan-in, no symmetry breaking (copies stay identical)",
+        "source": "mfgrow",
+        "exact": True,
+        "guarantee": "function kept; copies identical",
+    },
+    "iid": {
+        "summary": "i.i.d. uniform index map (a draw of the empirical measure), n/N fan-in",
+        "source": "mfgrow",
+        "exact": False,
+        "guarantee": "unbiased, O(1/N) variance",
+    },
+    "smoothed": {
+        "summary": "copies whose fan-out slices get centred uniform noise; duplicated blocks",
+        "source": "mfgrow",
+        "exact": False,
+        "guarantee": "O(h^2) change",
+    },
+    "net2net-noise": {
+        "summary": "balanced copies plus additive noise of relative size sigma",
+        "source": "mfgrow",
+        "exact": False,
+        "guarantee": "O(sigma) change",
+    },
+    "rc": {
+        "summary": "smoothed copies (bandwidth 0.1) with identity-initialised new blocks",
+        "source": "mfgrow",
+        "exact": False,
+        "guarantee": "O(h^2) change",
+    },
     "net2net": {
+        "summary": "Net2Net: random index map, 1/count fan-in, noise 0.01",
         "source": "Chen, Goodfellow, Shlens, Net2Net, ICLR 2016 (arXiv 1511.05641)",
         "exact": False,
         "guarantee": "random map, 1/count fan-in: exact at sigma=0; noise moves it O(sigma)",
     },
     "bert2bert-fpi": {
+        "summary": "bert2BERT FPI: random map, 1/count fan-in, stacked blocks",
         "source": "Chen et al., bert2BERT, ACL 2022 (arXiv 2110.07143), FPI + stacking",
         "exact": True,
         "guarantee": "width exact without norms (norms: approximate); stacking approximate",
     },
     "hypercloning": {
+        "summary": "HyperCloning: balanced copies, zero-sum noise at 10 dB SNR",
         "source": "Samragh et al., HyperCloning, 2024 (arXiv 2409.12903)",
         "exact": True,
         "guarantee": "exact for integer factors; +-noise at 10 dB SNR keeps it",
     },
     "bert2bert-aki": {
+        "summary": "bert2BERT AKI: new units take fan-out from the next block, stacked blocks",
         "source": "Chen et al., bert2BERT, ACL 2022 (arXiv 2110.07143), AKI + stacking",
         "exact": False,
         "guarantee": "new units' features from the next block: symmetry broken, not exact",
     },
     "lemon": {
+        "summary": "LEMON: padded maps for any width, zero-sum noise 0.1, identity blocks",
         "source": "Wang et al., LEMON, ICLR 2024",
         "exact": True,
         "guarantee": "exact for any width (padded norms) and identity blocks",
     },
     "stack": {
+        "summary": "G_stack: copies in width, the whole stack repeated in depth",
         "source": "Du et al., G_stack, NeurIPS 2024 (arXiv 2405.15319)",
         "exact": True,
         "guarantee": "width exact (copies); depth stacking approximate",
     },
     "tleg": {
+        "summary": "TLEG: copies in width, least-squares linear depth profile",
         "source": "Xia et al., TLEG, AAAI 2024 (arXiv 2312.05614)",
         "exact": True,
         "guarantee": "width exact; depth = least-squares linear profile, approximate",
     },
     "msg": {
+        "summary": "Masked Structural Growth: fresh units/blocks behind a 0->1 mask (grow_msg)",
         "source": "Yao et al., Masked Structural Growth, ICLR 2024 (arXiv 2305.02869)",
         "exact": True,
         "guarantee": "exact at mask 0 for any new weights (normalised spaces: copy map); "
         "mask ramps 0 -> 1",
     },
     "ligo": {
+        "summary": "LiGO: the copy plan as dense operators trained on the task (grow_ligo)",
         "source": "Wang et al., LiGO, ICLR 2023 (arXiv 2303.00980)",
         "exact": False,
         "guarantee": "exact at init with no operator noise; learned operators change it",

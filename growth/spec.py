@@ -31,13 +31,15 @@ Two space-level facts complete a spec:
 from __future__ import annotations
 
 import fnmatch
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jax
 
-from growth.errors import SpecError
+from growth.errors import GrowthError, SpecError
 
 Role = Literal["in", "out", "depth"]
 ROLES: tuple[str, ...] = ("in", "out", "depth")
@@ -289,3 +291,50 @@ class NeuronSpec:
                     "units are the entry pairs (i, i + n/2), so the size must be even"
                 )
         return ResolvedSpec(tuple(p for p, _ in named), tuple(specs), sizes, self.paired)
+
+
+_FACTOR = re.compile(r"^(?:x(?P<a>[0-9.]+)|(?P<b>[0-9.]+)x)$")
+
+
+def _factor(text: str, what: str) -> float | None:
+    m = _FACTOR.match(text.strip())
+    if not m:
+        return None
+    try:
+        f = float(m.group("a") or m.group("b"))
+    except ValueError:
+        f = -1.0
+    if not (f > 0 and math.isfinite(f)):
+        raise GrowthError(f"{what} {text!r}: the growth factor must be a positive number")
+    return f
+
+
+def parse_targets(text: str | None, sizes: Mapping[str, int], what: str) -> dict[str, int]:
+    """Parse ``"x4"`` / ``"4x"`` (every space times 4), ``"d=128,h=x2"`` or, when there is a
+    single space, a plain integer, into ``{space: new size}``."""
+    if text is None or str(text).strip() == "":
+        return {}
+    text = str(text).strip()
+    f = _factor(text, what)
+    if f is not None:
+        return {s: max(1, round(n * f)) for s, n in sizes.items()}
+    if "=" not in text:
+        if len(sizes) == 1 and text.isdigit():
+            return {next(iter(sizes)): int(text)}
+        raise GrowthError(
+            f"{what} {text!r}: expected 'xK', 'SPACE=N[,SPACE=xK...]' with spaces {sorted(sizes)}"
+        )
+    out = {}
+    for part in text.split(","):
+        space, _, value = part.partition("=")
+        space, value = space.strip(), value.strip()
+        if space not in sizes:
+            raise GrowthError(f"{what} {part!r}: unknown space {space!r}; spaces: {sorted(sizes)}")
+        f = _factor(value, what)
+        if f is not None:
+            out[space] = max(1, round(sizes[space] * f))
+        elif value.isdigit() and int(value) > 0:
+            out[space] = int(value)
+        else:
+            raise GrowthError(f"{what} {part!r}: expected a positive integer or a factor 'xK'")
+    return out

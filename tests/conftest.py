@@ -127,8 +127,8 @@ class Trained(NamedTuple):
 
 def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     try:
-        from growth.data import load_dataset
-    except ImportError:  # growth.data not there yet: generate (never download) MNIST-1D
+        from growth.tasks.data import load_dataset
+    except ImportError:  # growth.tasks.data not there yet: generate (never download) MNIST-1D
         from mnist1d.data import get_dataset_args, make_dataset
 
         args = get_dataset_args()

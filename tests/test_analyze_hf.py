@@ -1,4 +1,4 @@
-"""``grow analyze`` on the pretrained all-MiniLM-L6-v2 (growth.analyze_hf): structure of the
+"""``grow analyze`` on the pretrained all-MiniLM-L6-v2 (growth.apps.analyze.hf): structure of the
 report and the invariants that must hold on any trained encoder."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from growth import hf
-from growth.analyze_hf import SENTENCES, analyze_hf, format_hf_report
-from growth.cli import main
+from growth.apps.analyze.hf import SENTENCES, analyze_hf, format_hf_report
+from growth.apps.cli import main
 from growth.errors import GrowthError
+from growth.formats import hf
 
 
 @pytest.fixture(scope="module")

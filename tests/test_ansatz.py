@@ -1,4 +1,4 @@
-"""RC-ansatz diagnostics (``theory.ansatz``) and ``grow analyze`` (``growth.analyze``).
+"""RC-ansatz diagnostics (``theory.ansatz``) and ``grow analyze`` (``growth.apps.analyze.native``).
 
 Theory notes T3 (LLN slopes), T6 (negative controls), T7 (RC tie).
 """
@@ -14,13 +14,13 @@ import numpy as np
 import optax
 import pytest
 
-from growth.analyze import analyze_checkpoint, format_report
-from growth.cli import main
-from growth.commands import train_model
-from growth.data import load_dataset
+from growth.apps.analyze.native import analyze_checkpoint, format_report
+from growth.apps.cli import main
+from growth.apps.commands import train_model
 from growth.errors import CheckpointError, GrowthError
 from growth.models import get_family, init_model, model_from_params, params_of
-from growth.train import TrainConfig
+from growth.tasks.data import load_dataset
+from growth.tasks.train import TrainConfig
 from theory.ansatz import (
     loglog_slope,
     permute_columns,

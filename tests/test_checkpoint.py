@@ -1,4 +1,4 @@
-"""Tests for growth.checkpoint: round trips, validation, and atomicity under failure."""
+"""Tests for growth.formats.checkpoint: round trips, validation, and atomicity under failure."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from growth import checkpoint as ckpt_mod
-from growth.checkpoint import load_checkpoint, save_checkpoint
 from growth.errors import CheckpointError
+from growth.formats import checkpoint as ckpt_mod
+from growth.formats.checkpoint import load_checkpoint, save_checkpoint
 
 
 def _params() -> dict:
@@ -82,7 +82,7 @@ def test_all_empty_params(tmp_path: Path) -> None:
 def test_fresh_process_loads(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "ck", {"a": {3: np.arange(4, dtype=np.int16)}}, {"ok": True})
     code = (
-        "import sys; from growth.checkpoint import load_checkpoint, save_checkpoint; "
+        "import sys; from growth.formats.checkpoint import load_checkpoint, save_checkpoint; "
         "p, m = load_checkpoint(sys.argv[1]); "
         "print(p['a'][3].dtype, p['a'][3].tolist(), m); "
         "save_checkpoint(sys.argv[1], p, {'ok': False}, overwrite=True)"

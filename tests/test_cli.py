@@ -9,12 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from growth.checkpoint import load_checkpoint, save_checkpoint
-from growth.cli import main
-from growth.commands import grow_checkpoint, parse_targets, train_model, verify_checkpoint
+from growth.apps.cli import main
+from growth.apps.commands import grow_checkpoint, train_model, verify_checkpoint
 from growth.errors import GrowthError
+from growth.formats.checkpoint import load_checkpoint, save_checkpoint
 from growth.models.resmlp import ResMLPConfig
-from growth.train import TrainConfig
+from growth.spec import parse_targets
+from growth.tasks.train import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for growth.data: embedded MNIST-1D, its caches, and the batch iterator."""
+"""Tests for growth.tasks.data: embedded MNIST-1D, its caches, and the batch iterator."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from growth import data
-from growth.data import DATASETS, Dataset, MNIST1DConfig, iterate_batches, load_dataset
 from growth.errors import GrowthError
+from growth.tasks import data
+from growth.tasks.data import DATASETS, Dataset, MNIST1DConfig, iterate_batches, load_dataset
 
 SMALL = MNIST1DConfig(num_samples=300, n_train=250, seed=7)
 

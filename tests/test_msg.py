@@ -1,6 +1,6 @@
-"""Masked Structural Growth (``growth.masked``): exact at mask 0 for any fresh weights, the
+"""Masked Structural Growth (``growth.recipes.msg``): exact at mask 0 for any fresh weights, the
 effective params equal the raw ones at mask 1, the linear clamped ramp, gradients through the
-mask, and the training hook (``growth.train.fit(..., transform=...)``)."""
+mask, and the training hook (``growth.tasks.train.fit(..., transform=...)``)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from growth.errors import GrowthError
-from growth.masked import grow_msg, masked_params, msg_transform, ramp
 from growth.methods import Method, get_method
 from growth.models import get_family, grown_config, model_from_params
+from growth.recipes.msg import grow_msg, masked_params, msg_transform, ramp
 from growth.spec import NeuronSpec
-from growth.train import TrainConfig, fit
+from growth.tasks.train import TrainConfig, fit
 
 MLP = get_family("mlp")
 RES = get_family("resmlp")

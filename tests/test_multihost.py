@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import growth
-from growth.checkpoint import load_checkpoint
+from growth.formats.checkpoint import load_checkpoint
 from growth.models import get_family, init_model, params_of
 from growth.models.resmlp import ResMLPConfig
 from growth.spec import leaves_with_paths
@@ -93,7 +93,7 @@ WORKER = textwrap.dedent(
         w1 = got["w1"]
         assert w1.addressable_shards[0].data.shape == (4, 64 // 2, 128 // 4)
     # a collective save: each process writes its own shards; the test loads it in one process
-    from growth.checkpoint import save_checkpoint
+    from growth.formats.checkpoint import save_checkpoint
     grown, _ = growth.grow(sharded, spec, method="exact", **target)
     save_checkpoint(out, grown, {"saved": 1})
     try:

@@ -15,7 +15,7 @@ from conftest import random_params, xent
 from growth import apply_plan, plan_growth
 from growth.models import get_family, grown_config, model_from_params
 from growth.models.decoder import DecoderConfig
-from growth.optstate import (
+from growth.recipes.optstate import (
     adam_scales,
     gradient_map,
     grow_opt_state,

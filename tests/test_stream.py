@@ -10,13 +10,13 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import growth
-import growth.stream
-from growth.checkpoint import load_checkpoint, save_checkpoint
+import growth.formats.stream
 from growth.errors import CheckpointError
+from growth.formats.checkpoint import load_checkpoint, save_checkpoint
+from growth.formats.stream import grow_stream
 from growth.models import get_family, init_model, params_of
 from growth.models.resmlp import ResMLPConfig
 from growth.spec import NeuronSpec
-from growth.stream import grow_stream
 
 
 def _flat_resmlp():
@@ -122,14 +122,14 @@ def test_checkpoint_source_int_keys_and_empty_leaves(tmp_path):
 def test_failed_stream_leaves_nothing(tmp_path, monkeypatch, out):
     flat, spec = _flat_resmlp()
     save_checkpoint(tmp_path / "src", flat, {})
-    real = growth.stream.apply_leaves
+    real = growth.formats.stream.apply_leaves
 
     def failing(plan, leaves, first_leaf=0, **kw):
         if first_leaf == 3:
             raise RuntimeError("disk on fire")
         return real(plan, leaves, first_leaf, **kw)
 
-    monkeypatch.setattr(growth.stream, "apply_leaves", failing)
+    monkeypatch.setattr(growth.formats.stream, "apply_leaves", failing)
     with pytest.raises((RuntimeError, CheckpointError), match="disk on fire"):
         grow_stream(tmp_path / "src", tmp_path / out, spec, width={"h": 32})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -8,14 +8,14 @@ import json
 
 import pytest
 
-from growth.checkpoint import save_checkpoint
-from growth.cli import main
-from growth.data import load_dataset
+from growth.apps.cli import main
+from growth.apps.track import CONTROLS, track, track_checkpoint
 from growth.errors import GrowthError
+from growth.formats.checkpoint import save_checkpoint
 from growth.models import config_to_dict, init_model, params_of
 from growth.models.mlp import MLPConfig
 from growth.models.resmlp import ResMLPConfig
-from growth.track import CONTROLS, track, track_checkpoint
+from growth.tasks.data import load_dataset
 
 STEPS = 60
 TOL = 1e-6

@@ -292,7 +292,7 @@ ENGINE_METHODS = sorted(n for n, m in METHODS.items() if not (m.ramp_steps or m.
 def test_grow_refuses_methods_with_their_own_entry_point(name: str) -> None:
     cfg = MLP.config(input_dim=3, hidden=(4, 6), num_classes=2)
     params = random_params("mlp", cfg, 0)
-    entry = {"msg": "growth.masked.grow_msg", "ligo": "growth.ligo.grow_ligo"}[name]
+    entry = {"msg": "growth.recipes.msg.grow_msg", "ligo": "growth.recipes.ligo.grow_ligo"}[name]
     with pytest.raises(GrowthError, match=entry):
         grow(params, MLP.spec(cfg), width={"h1": 8}, method=name)
 

@@ -1,7 +1,9 @@
 """Width-aware parametrizations (SP, muP, mean-field) as data derived from a neuron-space spec.
 
-Every leaf of a :class:`~growth.spec.ResolvedSpec` is classified by its axis roles over width
-(neuron) spaces -- depth axes and fixed axes are ignored:
+Every leaf of a resolved neuron-space spec is classified by its axis roles over width (neuron)
+spaces -- depth axes and fixed axes are ignored. The functions read the spec structurally
+(:class:`Leaf`, :class:`Spec`: anything with those attributes, e.g. ``growth.spec.Spec``),
+so ``theory`` does not import the engine:
 
 - ``input``   -- a matrix with no ``in`` axis over a neuron space (fan-in fixed: ``W^1``, an
   embedding);
@@ -40,7 +42,7 @@ muP's with the hidden entry generalised to unequal ``r_in != r_out`` (they agree
 grow together), and the Adam rule is muP's.
 
 Why these rules make a balanced-grown network train exactly like its source (theory notes
-(d) P3, ``growth.optstate``): balanced copy growth by factor ``c`` per space maps weights by
+(d) P3, ``growth.recipes.optstate``): balanced copy growth by factor ``c`` per space maps weights by
 ``V = prod_in 1/c = 1/r_in`` and gradients by ``G = prod_out 1/c = 1/r_out``. Plain SGD then
 tracks iff ``lr' = lr * V / G = lr * r_out / r_in`` (:func:`sgd_lr_multipliers`, ``mf``); Adam,
 whose update is invariant to the gradient scale, tracks iff ``lr' = lr * V = lr / r_in``
@@ -53,9 +55,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
-from growth.spec import LeafSpec, ResolvedSpec
+
+class Axis(Protocol):
+    role: str  # "in" | "out" | "depth"
+    space: str
+
+
+class Leaf(Protocol):
+    axes: tuple[Axis | None, ...]  # None: a fixed axis
+
+
+class Spec(Protocol):
+    paths: tuple[str, ...]
+    leaves: tuple[Leaf, ...]
+    sizes: Mapping[str, int]
+
 
 __all__ = [
     "KINDS",
@@ -75,7 +91,7 @@ KINDS: tuple[str, ...] = ("input", "hidden", "readout", "vector")
 PARAMETRIZATIONS: tuple[str, ...] = ("sp", "mup", "mf")
 
 
-def classify_leaf(spec: LeafSpec) -> Kind:
+def classify_leaf(spec: Leaf) -> Kind:
     """``input`` / ``hidden`` / ``readout`` / ``vector`` from the leaf's width-axis roles.
 
     Depth axes do not count towards the rank: a stacked bias ``(depth:blocks, out:d)`` is a
@@ -92,7 +108,7 @@ def classify_leaf(spec: LeafSpec) -> Kind:
 
 
 def width_ratios(
-    spec: LeafSpec, sizes: Mapping[str, int], base_sizes: Mapping[str, int]
+    spec: Leaf, sizes: Mapping[str, int], base_sizes: Mapping[str, int]
 ) -> tuple[float, float]:
     """``(r_in, r_out)``: products of ``size / base_size`` over the leaf's ``in`` / ``out`` axes.
 
@@ -149,7 +165,7 @@ def _rule(param: str, kind: Kind, r_in: float, r_out: float) -> tuple[float, flo
 
 
 def leaf_rules(
-    resolved: ResolvedSpec, base_sizes: Mapping[str, int], parametrization: str = "mup"
+    resolved: Spec, base_sizes: Mapping[str, int], parametrization: str = "mup"
 ) -> tuple[LeafRule, ...]:
     """Per-leaf rules of ``parametrization`` (``"sp"``, ``"mup"``, ``"mf"``) in leaf order."""
     if parametrization not in PARAMETRIZATIONS:
@@ -164,7 +180,7 @@ def leaf_rules(
 
 
 def lr_multipliers(
-    resolved: ResolvedSpec,
+    resolved: Spec,
     base_sizes: Mapping[str, int],
     parametrization: str = "mup",
     optimizer: str = "adam",
@@ -186,13 +202,13 @@ def lr_multipliers(
     return tuple(out)
 
 
-def sgd_lr_multipliers(resolved: ResolvedSpec, base_sizes: Mapping[str, int]) -> tuple[float, ...]:
+def sgd_lr_multipliers(resolved: Spec, base_sizes: Mapping[str, int]) -> tuple[float, ...]:
     """Mean-field SGD factors in SP storage, ``r_out / r_in`` per leaf: the rule under which a
     balanced-grown network's SGD trajectory equals its source's (muP-SGD when ``r_in = r_out``)."""
     return lr_multipliers(resolved, base_sizes, "mf", "sgd")
 
 
-def adam_lr_multipliers(resolved: ResolvedSpec, base_sizes: Mapping[str, int]) -> tuple[float, ...]:
+def adam_lr_multipliers(resolved: Spec, base_sizes: Mapping[str, int]) -> tuple[float, ...]:
     """Per-leaf muP-Adam learning-rate multipliers, in the resolved spec's leaf order.
 
     resolved: spec matched to the params being trained (sizes = current widths).
@@ -212,13 +228,13 @@ def adam_lr_multipliers(resolved: ResolvedSpec, base_sizes: Mapping[str, int]) -
 
 
 def adam_eps_multipliers(
-    resolved: ResolvedSpec, base_sizes: Mapping[str, int]
+    resolved: Spec, base_sizes: Mapping[str, int]
 ) -> tuple[float, ...]:
     """Per-leaf Adam epsilon factors ``1 / r_out = prod_{out axes} base_size / size``.
 
     A balanced-grown leaf's gradients are its source's times ``G = 1 / r_out`` (the fan-out copy
     scales); Adam's update ``m / (sqrt(v) + eps)`` is then unchanged iff eps scales the same way:
     eps is divided by the copy count on every tensor with an ``out`` neuron axis (all but the
-    readout). For unequal copy counts use ``growth.optstate.adam_scales`` (per entry).
+    readout). For unequal copy counts use ``growth.recipes.optstate.adam_scales`` (per entry).
     """
     return tuple(r.eps_adam for r in leaf_rules(resolved, base_sizes, "sp"))

@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from growth.data import load_dataset
+from growth.apps.track import track
 from growth.engine import grow
 from growth.methods import Method
 from growth.models import get_family, init_model, model_from_params, params_of
 from growth.models.mlp import MLPConfig
-from growth.track import track
-from growth.train import TrainConfig, train
+from growth.tasks.data import load_dataset
+from growth.tasks.train import TrainConfig, train
 from theory.ansatz import (
     loglog_slope,
     permute_columns,

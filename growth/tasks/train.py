@@ -20,8 +20,8 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from growth.data import Dataset, iterate_batches
 from growth.errors import GrowthError
+from growth.tasks.data import Dataset, iterate_batches
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def fit(
     updates done so far) applied inside the jitted step before the forward pass -- gradients
     flow through it to the raw params the optimizer updates -- and before every evaluation; the
     model ends holding the effective params at ``t = cfg.steps`` (e.g. MSG's growth mask,
-    ``growth.masked.msg_transform``). Without it the loop is unchanged.
+    ``growth.recipes.msg.msg_transform``). Without it the loop is unchanged.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt = make_optimizer(cfg, lr_multipliers)

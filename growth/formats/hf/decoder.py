@@ -28,8 +28,9 @@ decoder's own. HF has no readout multiplier: a tied model grown in ``d`` (``read
 is exported with the multiplier folded into the final norm, ``m N_f(x) = xhat (m g) + m b``,
 which is exact and keeps the readout tied (:func:`export_params`).
 
-Config mapping and layouts: :mod:`growth.hf_layout`; shared I/O: :mod:`growth.hf_io`; an
-independent numpy forward of both architectures for checking: :mod:`growth.hf_reference`.
+Config mapping and layouts: :mod:`growth.formats.hf.layout`; shared I/O:
+:mod:`growth.formats.hf.io`; an
+independent numpy forward of both architectures for checking: :mod:`tests.oracles.hf_reference`.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from typing import Any
 import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
-from growth.hf_io import PRIVATE as _PRIVATE
-from growth.hf_io import WEIGHTS, read_config, read_tensors, refuse_unused
-from growth.hf_io import numpy_tree as _numpy_tree
-from growth.hf_io import parse_growth_targets as _targets
-from growth.hf_layout import HEAD, LAYOUT, PREFIX, TOP, decoder_config, hf_config
+from growth.formats.hf.io import PRIVATE as _PRIVATE
+from growth.formats.hf.io import WEIGHTS, read_config, read_tensors, refuse_unused
+from growth.formats.hf.io import numpy_tree as _numpy_tree
+from growth.formats.hf.io import parse_growth_targets as _targets
+from growth.formats.hf.layout import HEAD, LAYOUT, PREFIX, TOP, decoder_config, hf_config
 from growth.models import decoder
 from growth.models.decoder import DecoderConfig
 from growth.spec import NeuronSpec
@@ -195,9 +196,10 @@ def export_params(
 ) -> tuple[dict, dict]:
     """``(params, config)`` expressing a decoder ``c`` / ``params`` as the HF model of
     ``config`` (its ``model_type``; other keys and the private import record kept): sizes and
-    eps from ``c`` (:func:`~growth.hf_layout.hf_config`, which refuses what HF cannot express),
+    eps from ``c`` (:func:`~growth.formats.hf.layout.hf_config`, which refuses what HF cannot
+    express),
     the readout multiplier folded into the final norm, ``m (xhat g + b) = xhat (m g) + m b``
-    (exact; the readout stays tied). Then :func:`growth.hf.save_hf` writes it."""
+    (exact; the readout stays tied). Then :func:`growth.formats.hf.save_hf` writes it."""
     out = hf_config(c, {k: v for k, v in config.items() if k != _PRIVATE})
     params = _numpy_tree(params)
     if c.readout_mult != 1.0:

@@ -24,9 +24,10 @@ LayerNorms to the residual stream (``x -> LN(x) != x``). ``grow_hf`` says so in 
 offers ``new_block_ln="unit"`` (the new block's first LayerNorm gain 1, bias 0), which makes the
 error smaller but not zero (docs/hf.md has the numbers). GPT-2 and Llama checkpoints
 (``model_type`` ``"gpt2"`` / ``"llama"``) are mapped onto our decoder family by
-:mod:`growth.hf_decoder`; the entry points here dispatch on ``model_type``.
+:mod:`growth.formats.hf.decoder`; the entry points here dispatch on ``model_type``.
 
-A numpy reference forward and tokenizer for these checkpoints live in :mod:`growth.bert`.
+A numpy reference forward and tokenizer for these checkpoints live in
+:mod:`growth.formats.hf.bert_forward`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
-from growth.hf_io import (  # noqa: F401  (CONFIG, WEIGHTS, SUPPORTED: public names here too)
+from growth.formats.hf.io import (  # noqa: F401  (CONFIG, WEIGHTS, SUPPORTED: public names here too)
     CONFIG,
     DECODERS,
     SUPPORTED,
@@ -49,9 +50,9 @@ from growth.hf_io import (  # noqa: F401  (CONFIG, WEIGHTS, SUPPORTED: public na
     refuse_unused,
     write_checkpoint,
 )
-from growth.hf_io import PRIVATE as _PRIVATE
-from growth.hf_io import numpy_tree as _numpy_tree
-from growth.hf_io import parse_growth_targets as _targets
+from growth.formats.hf.io import PRIVATE as _PRIVATE
+from growth.formats.hf.io import numpy_tree as _numpy_tree
+from growth.formats.hf.io import parse_growth_targets as _targets
 from growth.spec import LeafSpec, NeuronSpec
 
 # (internal name, HF suffix under encoder.layer.{i}.)
@@ -130,7 +131,7 @@ def _read_config(path: Path) -> dict:
 
 def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
     """Load a HF BERT checkpoint directory -> ``(params, config, spec)`` (GPT-2 / Llama: see
-    :func:`growth.hf_decoder.load_decoder`).
+    :func:`growth.formats.hf.decoder.load_decoder`).
 
     ``params`` is a nested dict of numpy arrays (layers stacked on axis 0; q/k/v reshaped to
     ``[L, heads, head_dim, d]``, the attention output to ``[L, d, heads, head_dim]``);
@@ -139,7 +140,7 @@ def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
     """
     path = Path(path)
     if read_config(path).get("model_type") in DECODERS:
-        from growth.hf_decoder import load_decoder
+        from growth.formats.hf.decoder import load_decoder
 
         return load_decoder(path)
     config = _read_config(path)
@@ -255,7 +256,7 @@ def save_hf(
     if Path(path).exists() and not overwrite:
         raise CheckpointError(f"{str(path)!r} exists; pass overwrite=True (--overwrite)")
     if config.get("model_type") in DECODERS:
-        from growth.hf_decoder import to_tensors
+        from growth.formats.hf.decoder import to_tensors
 
         tensors = to_tensors(params, config)
     else:
@@ -301,7 +302,7 @@ def grow_hf(
     engine's copy of the source block) or ``"unit"`` (first LayerNorm gain 1, bias 0). Neither is
     exact in post-LN BERT; the report says so. GPT-2 / Llama (pre-norm): width spaces ``d``,
     ``heads``, ``ff``, depth ``layers``; exact with ``copy`` / ``exact`` (see
-    :func:`growth.hf_decoder.grow_decoder`).
+    :func:`growth.formats.hf.decoder.grow_decoder`).
     """
     params, config, spec = load_hf(src)
     grown, cfg, plan = grow_params(
@@ -338,7 +339,7 @@ def grow_params(
                 f"new_block_ln={new_block_ln!r}: only for post-LN BERT; pre-norm GPT-2/Llama "
                 "blocks with zeroed residual outputs are exact identities"
             )
-        from growth.hf_decoder import grow_decoder
+        from growth.formats.hf.decoder import grow_decoder
 
         return grow_decoder(params, config, width=width, depth=depth, method=method, seed=seed)
     if new_block_ln not in ("copy", "unit"):

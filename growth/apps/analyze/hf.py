@@ -29,11 +29,12 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from growth import bert, hf
-from growth.analyze import BALANCED, IID_WIDTH, fit_lines, tie_lines, write_outputs
-from growth.bert import SENTENCES
+from growth.apps.analyze.native import BALANCED, IID_WIDTH, fit_lines, tie_lines, write_outputs
 from growth.engine import grow
 from growth.errors import GrowthError
+from growth.formats import hf
+from growth.formats.hf import bert_forward as bert
+from growth.formats.hf.bert_forward import SENTENCES
 from theory.ansatz import (
     loglog_slope,
     permute_columns,

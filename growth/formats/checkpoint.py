@@ -248,7 +248,8 @@ def write_checkpoint(
     overwrite: bool = False,
 ) -> Path:
     """Lower-level :func:`save_checkpoint` for callers that write ``params/`` themselves (e.g.
-    ``growth.stream``, one leaf at a time): ``write_params(dir)`` must create ``dir`` as an orbax
+    ``growth.formats.stream``, one leaf at a time): ``write_params(dir)`` must create ``dir`` as an
+    orbax
     PyTree save of the stored leaves of ``skeleton`` (the ``tree.json`` tree, see ``_encode``).
     Same atomicity: nothing is left at ``path`` if ``write_params`` raises."""
     target = Path(path).expanduser().absolute()

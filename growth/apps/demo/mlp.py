@@ -26,17 +26,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from growth.commands import (
+from growth.apps.commands import (
     grow_checkpoint,
     load_model,
     train_model,
     verify_checkpoint,
 )
-from growth.data import load_dataset
 from growth.methods import get_method
 from growth.models import get_family, init_model, params_of
 from growth.models.resmlp import ResMLPConfig
-from growth.train import History, TrainConfig, speedup_curve, steps_to_target, train
+from growth.tasks.data import load_dataset
+from growth.tasks.train import History, TrainConfig, speedup_curve, steps_to_target, train
 from theory.parametrization import adam_lr_multipliers
 
 

@@ -1,7 +1,8 @@
 """LM growth demo: train a small decoder on the stdlib byte corpus, grow it, check the zero-shot
 loss, then train the grown model and a same-size model from scratch on the same budget.
 
-Mirrors ``growth.demo`` (same summary keys): both large models get the same config (the grown
+Mirrors ``growth.apps.demo.mlp`` (same summary keys): both large models get the same config (the
+grown
 config, so eps, logit scale and readout multiplier match), batches, schedule and muP-Adam
 learning-rate multipliers (base widths = the small model's); only the initialisation differs.
 Target = the scratch model's final held-out loss; speed-up = ``steps_to_target_scratch /
@@ -23,10 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from growth.checkpoint import save_checkpoint
-from growth.demo import compare_runs, n_params, plot_curves, write_run_dir
+from growth.apps.demo.mlp import compare_runs, n_params, plot_curves, write_run_dir
 from growth.engine import apply_plan, plan_growth
-from growth.lm_data import LM_DATASET, eval_windows, lm_batches, load_corpus
+from growth.formats.checkpoint import save_checkpoint
 from growth.models import (
     config_to_dict,
     get_family,
@@ -35,7 +35,8 @@ from growth.models import (
     params_of,
 )
 from growth.models.decoder import Decoder, DecoderConfig
-from growth.train import History, TrainConfig, cross_entropy, fit
+from growth.tasks.lm_data import LM_DATASET, eval_windows, lm_batches, load_corpus
+from growth.tasks.train import History, TrainConfig, cross_entropy, fit
 from theory.parametrization import adam_lr_multipliers
 
 
@@ -117,7 +118,8 @@ def train_lm(
     desc: str = "lm",
     transform: Callable[[Any, jax.Array], Any] | None = None,
 ) -> History:
-    """Train ``model`` in place with the project's loop (``growth.train.fit``) on stdlib bytes;
+    """Train ``model`` in place with the project's loop (``growth.tasks.train.fit``) on stdlib
+    bytes;
     evaluate the held-out windows ``test`` every ``eval_every`` steps (step 0 included).
     transform: per-step params transform passed to ``fit`` (e.g. msg's mask ramp)."""
     corpus = load_corpus(cfg.corpus_bytes)
@@ -153,7 +155,7 @@ def run_lm_demo(
 ) -> dict:
     """Run the LM demo; write ``summary.json``, ``loss_curves.png`` and the checkpoints ``small/``
     (trained) and ``grown/`` (grown from it, before training: ``grow verify OUT/grown``)
-    under ``out_dir`` (atomically); return the summary (keys as in ``growth.demo``)."""
+    under ``out_dir`` (atomically); return the summary (keys as in ``growth.apps.demo.mlp``)."""
     cfg = cfg or (LMDemoConfig.quick() if quick else LMDemoConfig())
     cfg = replace(cfg, **overrides) if overrides else cfg
     return write_run_dir(out_dir, lambda tmp: _run(tmp, cfg))
@@ -227,7 +229,7 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
     return summary
 
 
-if __name__ == "__main__":  # python -m growth.lm_demo [--quick] [OUT]
+if __name__ == "__main__":  # python -m growth.apps.demo.lm [--quick] [OUT]
     import sys
 
     args = [a for a in sys.argv[1:] if a != "--quick"]

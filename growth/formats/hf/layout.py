@@ -1,6 +1,6 @@
 """GPT-2 / Llama ``config.json`` <-> :class:`~growth.models.decoder.DecoderConfig`, and the
 tensor layouts between stacked HF tensors ``[L, ...]`` and our decoder's stacked leaves
-(see :mod:`growth.hf_decoder` for the table and what is matched numerically).
+(see :mod:`growth.formats.hf.decoder` for the table and what is matched numerically).
 
 GPT-2 Conv1D weights are ``[in, out]`` (c_attn fuses q, k, v as ``[d, 3D]``, D = heads hd);
 Llama's torch Linear weights are ``[out, in]`` and its query head ``h = kv_i group + j`` uses kv
@@ -253,7 +253,7 @@ def hf_config(c: DecoderConfig, config: Mapping[str, Any]) -> dict[str, Any]:
     of the decoder ``c``. Refuses what HF cannot express: an attention scale other than
     ``head_dim^-1/2``, non-standard rotary frequencies (a grown ``hd``), GPT-2 with
     ``d != heads * hd`` or grouped queries, Llama with ``hidden_size % heads != 0``. The readout
-    multiplier is not checked here (see ``growth.hf_decoder.export_params``)."""
+    multiplier is not checked here (see ``growth.formats.hf.decoder.export_params``)."""
     kind = config["model_type"]
     out = dict(config)
     H, hd, d = c.n_heads, c.head_dim, c.d_model

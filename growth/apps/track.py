@@ -4,7 +4,8 @@ exactly -- under the right width rules -- and visibly drifts away under the wron
 
 Growth by method ``copy`` (balanced index maps, exact ``1/c`` fan-in scaling, no symmetry
 breaking) maps every leaf as ``w' = V * w[g]`` and every gradient as ``grad' = G * grad[g]``
-(``V``: product of the leaf's fan-in scales, ``G``: of its fan-out scales; ``growth.optstate``).
+(``V``: product of the leaf's fan-in scales, ``G``: of its fan-out scales;
+``growth.recipes.optstate``).
 The copies stay copies under a deterministic optimizer, and ``w'(t) = V * w(t)[g]`` holds for
 all t iff the grown leaf's update is ``V`` times the source's:
 
@@ -29,14 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from growth.commands import load_model, parse_targets
-from growth.data import Dataset, iterate_batches, load_dataset
+from growth.apps.commands import load_model
 from growth.engine import apply_plan, plan_growth
 from growth.errors import GrowthError
 from growth.models import get_family, grown_config, model_from_params, params_of
-from growth.optstate import scale_by_adam
-from growth.spec import ResolvedSpec
-from growth.train import cross_entropy, scale_by_leaf
+from growth.recipes.optstate import scale_by_adam
+from growth.spec import ResolvedSpec, parse_targets
+from growth.tasks.data import Dataset, iterate_batches, load_dataset
+from growth.tasks.train import cross_entropy, scale_by_leaf
 from theory.parametrization import adam_eps_multipliers, lr_multipliers
 
 __all__ = ["CONTROLS", "RULES", "track", "track_checkpoint", "width_aware_optimizer"]
@@ -68,9 +69,11 @@ def width_aware_optimizer(
     ``base_sizes`` (``resolved``: the spec matched to ``params``, the params to be trained).
 
     Chain: [coupled decay] -> ``scale_by_adam`` with per-leaf eps factors
-    (:func:`theory.parametrization.adam_eps_multipliers`; ``growth.optstate.scale_by_adam``) ->
+    (:func:`theory.parametrization.adam_eps_multipliers`;
+    ``growth.recipes.optstate.scale_by_adam``) ->
     per-leaf LR factors (:func:`theory.parametrization.lr_multipliers`;
-    ``growth.train.scale_by_leaf``) -> [decoupled decay] -> ``-lr``. With ``base_sizes`` equal to
+    ``growth.tasks.train.scale_by_leaf``) -> [decoupled decay] -> ``-lr``. With ``base_sizes``
+    equal to
     the current sizes every factor is 1 (plain SGD / AdamW). ``rule`` selects a negative control
     (:data:`RULES`). The state structure is the same for every rule.
     """

@@ -223,7 +223,7 @@ def grow_ligo(
 
     family/config/params: the small model (``growth.models`` family name, its config, its pure
     params). width/depth: targets as for ``growth.grow``. loss_fn: ``loss_fn(model, *batch)``
-    on an NNX module of the large config (the convention of ``growth.train.fit``); batches: an
+    on an NNX module of the large config (the convention of ``growth.tasks.train.fit``); batches: an
     iterator of batches for it. The operators start at the balanced copy map with ``1/c``
     fan-in scales and depth rule ``depth_rule`` (``identity``: exact; LiGO's paper initialises
     depth as ``stack``), plus ``sigma`` fan-out noise (see :func:`dense_operators`).

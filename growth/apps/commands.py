@@ -1,26 +1,21 @@
 """The ``grow`` commands as Python functions: train, grow, verify (the demo lives in ``demo``).
 
 Each function validates its whole input before writing anything, and writes checkpoints
-atomically (``growth.checkpoint``), so a failed command leaves no partial output behind.
+atomically (``growth.formats.checkpoint``), so a failed command leaves no partial output behind.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from growth.checkpoint import load_checkpoint, save_checkpoint
-from growth.data import load_dataset
 from growth.engine import GrowthReport, apply_plan, plan_growth
 from growth.errors import GrowthError
-from growth.lm_data import LM_DATASET, load_corpus
-from growth.lm_data import eval_windows as lm_eval_windows
+from growth.formats.checkpoint import load_checkpoint, save_checkpoint
 from growth.methods import Method
 from growth.models import (
     config_from_dict,
@@ -31,54 +26,12 @@ from growth.models import (
     model_from_params,
     params_of,
 )
-from growth.train import History, TrainConfig, evaluate, train
+from growth.spec import parse_targets
+from growth.tasks.data import load_dataset
+from growth.tasks.lm_data import LM_DATASET, load_corpus
+from growth.tasks.lm_data import eval_windows as lm_eval_windows
+from growth.tasks.train import History, TrainConfig, evaluate, train
 from theory.parametrization import adam_lr_multipliers
-
-_FACTOR = re.compile(r"^(?:x(?P<a>[0-9.]+)|(?P<b>[0-9.]+)x)$")
-
-
-def _factor(text: str, what: str) -> float | None:
-    m = _FACTOR.match(text.strip())
-    if not m:
-        return None
-    try:
-        f = float(m.group("a") or m.group("b"))
-    except ValueError:
-        f = -1.0
-    if not (f > 0 and math.isfinite(f)):
-        raise GrowthError(f"{what} {text!r}: the growth factor must be a positive number")
-    return f
-
-
-def parse_targets(text: str | None, sizes: Mapping[str, int], what: str) -> dict[str, int]:
-    """Parse ``"x4"`` / ``"4x"`` (every space times 4), ``"d=128,h=x2"`` or, when there is a
-    single space, a plain integer, into ``{space: new size}``."""
-    if text is None or str(text).strip() == "":
-        return {}
-    text = str(text).strip()
-    f = _factor(text, what)
-    if f is not None:
-        return {s: max(1, round(n * f)) for s, n in sizes.items()}
-    if "=" not in text:
-        if len(sizes) == 1 and text.isdigit():
-            return {next(iter(sizes)): int(text)}
-        raise GrowthError(
-            f"{what} {text!r}: expected 'xK', 'SPACE=N[,SPACE=xK...]' with spaces {sorted(sizes)}"
-        )
-    out = {}
-    for part in text.split(","):
-        space, _, value = part.partition("=")
-        space, value = space.strip(), value.strip()
-        if space not in sizes:
-            raise GrowthError(f"{what} {part!r}: unknown space {space!r}; spaces: {sorted(sizes)}")
-        f = _factor(value, what)
-        if f is not None:
-            out[space] = max(1, round(sizes[space] * f))
-        elif value.isdigit() and int(value) > 0:
-            out[space] = int(value)
-        else:
-            raise GrowthError(f"{what} {part!r}: expected a positive integer or a factor 'xK'")
-    return out
 
 
 def load_model(path: str | os.PathLike) -> tuple[Any, dict, Any]:

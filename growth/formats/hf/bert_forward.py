@@ -1,4 +1,4 @@
-"""A numpy reference forward pass and tokenizer for BERT-family checkpoints (``growth.hf``).
+"""A numpy reference forward pass and tokenizer for BERT-family checkpoints (``growth.formats.hf``).
 
 :func:`encode` is a minimal BERT forward (post-LN, GELU) with sentence-transformers' mean pooling
 and L2 normalisation; :func:`tokenize` uses the ``tokenizers`` package when installed, else a

@@ -33,12 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from growth.commands import load_model
-from growth.data import load_dataset
+from growth.apps.commands import load_model
 from growth.engine import grow
 from growth.errors import GrowthError
 from growth.methods import Method
 from growth.models import get_family, init_model, model_from_params, params_of
+from growth.tasks.data import load_dataset
 from theory.ansatz import (
     loglog_slope,
     permute_columns,

@@ -1,7 +1,7 @@
 """Shared I/O of Hugging Face-style checkpoint directories (``config.json`` +
 ``model.safetensors``, via ``safetensors.numpy``; no torch): reading and checking the config,
 reading the tensors, the atomic directory write, and growth-target parsing. Used by
-:mod:`growth.hf` (BERT) and :mod:`growth.hf_decoder` (GPT-2, Llama)."""
+:mod:`growth.formats.hf` (BERT) and :mod:`growth.formats.hf.decoder` (GPT-2, Llama)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from growth.errors import CheckpointError, GrowthError
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 SUPPORTED = ("bert", "gpt2", "llama")
-DECODERS = ("gpt2", "llama")  # handled by growth.hf_decoder
+DECODERS = ("gpt2", "llama")  # handled by growth.formats.hf.decoder
 PRIVATE = "_mfgrow"  # config key holding import facts (prefix, buffers, dtypes); not exported
 
 
@@ -109,10 +109,10 @@ def write_checkpoint(
 
 def parse_growth_targets(spec_sizes: Mapping[str, int], value: Any, what: str) -> dict[str, int]:
     """``{space: new size}`` from a dict (as is), a factor (``2`` -> ``"x2"``: every space) or a
-    ``"x2"`` / ``"d=768,heads=x2"`` string (``growth.commands.parse_targets``)."""
+    ``"x2"`` / ``"d=768,heads=x2"`` string (``growth.spec.parse_targets``)."""
     if value is None or isinstance(value, Mapping):
         return dict(value or {})
-    from growth.commands import parse_targets
+    from growth.spec import parse_targets
 
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = f"x{value}"

@@ -25,7 +25,8 @@ training. Here, without touching the model modules:
   pre-norm residual blocks). Hence at ``m = 0`` the grown network is the small one exactly, in
   exact arithmetic, for any new weights; at ``m = 1`` ``eff == raw`` bit for bit.
 - **ramp** (:func:`ramp`, :func:`msg_transform`): ``m(t) = clip(t / ramp_steps, 0, 1)`` after t
-  optimizer updates, applied by ``growth.train.fit(..., transform=...)`` inside the jitted step
+  optimizer updates, applied by ``growth.tasks.train.fit(..., transform=...)`` inside the jitted
+  step
   (gradients flow through the mask into the raw params, as in MSG) and at evaluation.
 
 Guarantee per space at ``m = 0``: masked spaces and new blocks: exact (float32 rounding only);
@@ -276,7 +277,7 @@ def ramp(step: int | jax.Array, ramp_steps: int) -> jax.Array:
 
 
 def msg_transform(info: MaskInfo, ramp_steps: int) -> Callable[[Any, jax.Array], Any]:
-    """The params transform for ``growth.train.fit``: ``(raw, t) -> masked_params(raw, info,
+    """The params transform for ``growth.tasks.train.fit``: ``(raw, t) -> masked_params(raw, info,
     ramp(t, ramp_steps))`` with t the number of optimizer updates done."""
     _check_ramp(ramp_steps)
     return lambda params, step: masked_params(params, info, ramp(step, ramp_steps))

@@ -1,5 +1,5 @@
 """Growth of checkpoints larger than memory: leaf by leaf, from a safetensors file or a
-``growth.checkpoint`` directory (orbax) into a safetensors file or a checkpoint directory.
+``growth.formats.checkpoint`` directory (orbax) into a safetensors file or a checkpoint directory.
 
 The plan needs only the shapes and, per leaf, the spread of its entries (the noise scale) and a
 finiteness check, so it reads the source one tensor at a time (safetensors: ``pread`` of the
@@ -11,7 +11,8 @@ soon as it is computed:
 - safetensors: header first, then the tensors front to back;
 - checkpoint: one orbax save whose type handler computes and writes the grown leaves one after
   the other (each write awaited before the next leaf is computed); the directory has exactly
-  the layout of :func:`growth.checkpoint.save_checkpoint` and loads with ``load_checkpoint``.
+  the layout of :func:`growth.formats.checkpoint.save_checkpoint` and loads with
+  ``load_checkpoint``.
 
 Peak memory is therefore about the largest leaf's input plus its output (plus XLA's temporaries
 for that leaf and the runtime's baseline), whatever the model size. Output goes to a temporary
@@ -37,9 +38,9 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
 
-from growth.checkpoint import read_checkpoint_info, write_checkpoint
 from growth.engine import GrowthReport, apply_leaves, plan_growth
 from growth.errors import CheckpointError, SpecError
+from growth.formats.checkpoint import read_checkpoint_info, write_checkpoint
 from growth.methods import Method
 from growth.spec import NeuronSpec, path_str
 
@@ -77,7 +78,8 @@ class LazyTensor:
 
 
 class CheckpointLeaf:
-    """A leaf of a ``growth.checkpoint`` directory: shape/dtype now (from ``tree.json``, checked
+    """A leaf of a ``growth.formats.checkpoint`` directory: shape/dtype now (from ``tree.json``,
+    checked
     against orbax's metadata), data read alone on ``np.asarray`` through tensorstore with the
     spec orbax itself reads it with (``ocp.type_handlers.get_json_tspec_read``), in a fresh
     tensorstore context that is dropped afterwards (no cache grows with the number of leaves).
@@ -318,7 +320,7 @@ def grow_stream(
 ) -> GrowthReport:
     """Grow ``source`` into ``out`` one leaf at a time.
 
-    source: a ``.safetensors`` file (a flat dict of tensors) or a ``growth.checkpoint``
+    source: a ``.safetensors`` file (a flat dict of tensors) or a ``growth.formats.checkpoint``
         directory (nested dicts, int keys kept).
     out: a path ending in ``.safetensors`` (tensors named by their tree path, ``"a/b/0"``,
         which the same ``spec`` matches again) or a checkpoint directory (the source's

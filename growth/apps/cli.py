@@ -1,0 +1,274 @@
+"""The ``grow`` command line. Every command is a thin wrapper over a Python function
+(``growth.apps.commands``, ``growth.apps.demo``, ``growth.apps.analyze``, ``growth.apps.track``,
+``growth.formats.hf``); errors from bad input print one clear line (exit 2). Each command's help
+lists its choices (methods with their guarantees, depth rules, families, datasets), defaults and
+an example."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from growth.errors import GrowthError
+
+METHOD_HELP = "a recipe (see the list below), optionally with field overrides: 'exact:sigma=4'"
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option; descriptions and epilogs keep their line breaks."""
+
+
+def _methods_text() -> str:
+    from growth.methods import METHODS, RECIPE_INFO
+
+    lines = ["methods (--method NAME[:field=value...]):"]
+    for name in METHODS:
+        info = RECIPE_INFO[name]
+        lines.append(f"  {name:<14}{info['summary']}")
+        lines.append(f"  {'':<14}  guarantee: {info['guarantee']}")
+    return "\n".join(lines)
+
+
+def _depth_text() -> str:
+    from growth.depth import DEPTH_RULE_SUMMARY
+
+    lines = ["depth rules (a method's depth field, e.g. 'exact:depth=duplicate'):"]
+    lines += [f"  {k:<14}{v}" for k, v in DEPTH_RULE_SUMMARY.items()]
+    return "\n".join(lines)
+
+
+def _families_text() -> str:
+    return textwrap.dedent("""\
+        model families:
+          mlp           plain ReLU MLP (spaces h1, h2, ...)
+          resmlp        pre-LN residual MLP (spaces d: stream, h: block hidden; depth: blocks)
+          decoder       GPT-style decoder (LayerNorm/RMSNorm, MHA/GQA, rotary, SwiGLU, tied)
+          HF (--from-hf) BERT, GPT-2, Llama safetensors directories""")
+
+
+def _datasets_text() -> str:
+    from growth.tasks.data import DATASETS
+    from growth.tasks.lm_data import LM_DATASET
+
+    names = ", ".join(sorted(DATASETS))
+    return (
+        f"datasets (generated offline, no download): {names}; the LM corpus {LM_DATASET!r} "
+        "(bytes of the Python standard library)"
+    )
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from growth.apps.commands import train_model
+    from growth.models.mlp import MLPConfig
+    from growth.models.resmlp import ResMLPConfig
+    from growth.tasks.data import load_dataset
+    from growth.tasks.train import TrainConfig
+
+    data = load_dataset(a.dataset)
+    if a.model == "mlp":
+        cfg = MLPConfig(data.input_dim, tuple([a.width] * a.depth), data.num_classes)
+    else:
+        cfg = ResMLPConfig(
+            data.input_dim, a.width, a.hidden or 2 * a.width, a.depth, data.num_classes
+        )
+    tc = TrainConfig(
+        steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, eval_every=a.eval_every
+    )
+    path, hist = train_model(a.out, a.model, cfg, tc, dataset=a.dataset, overwrite=a.overwrite)
+    print(f"saved {path}: test loss {hist.test_loss[-1]:.4f}, acc {hist.test_acc[-1]:.3f}")
+    return 0
+
+
+def _cmd_grow(a: argparse.Namespace) -> int:
+    kw = {"width": a.width, "depth": a.depth, "method": a.method, "seed": a.seed,
+          "overwrite": a.overwrite}  # fmt: skip
+    if a.from_hf or a.to_hf:
+        if not (a.from_hf and a.to_hf) or a.checkpoint:
+            raise GrowthError("--from-hf DIR and --to-hf OUT go together, without a checkpoint")
+        from growth.formats.hf import grow_hf
+
+        report, path = grow_hf(a.from_hf, a.to_hf, **kw), a.to_hf
+    elif not a.checkpoint or not a.out:
+        raise GrowthError("grow grow needs CHECKPOINT and --out (or --from-hf DIR --to-hf OUT)")
+    else:
+        from growth.apps.commands import grow_checkpoint
+
+        path, report = grow_checkpoint(a.checkpoint, a.out, **kw)
+    print(report)
+    print(f"saved {path}")
+    return 0
+
+
+def _cmd_verify(a: argparse.Namespace) -> int:
+    from growth.apps.commands import verify_checkpoint
+
+    res = verify_checkpoint(a.checkpoint, a.source, tol=a.tol)
+    print(json.dumps(res, indent=2))
+    return 1 if res["passed"] is False else 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from growth.apps.demo import format_summary, run_task_demo
+
+    summary = run_task_demo(
+        a.task, a.out, quick=a.quick, progress=not a.no_progress, method=a.method, seed=a.seed
+    )
+    print(format_summary(summary))
+    print(f"wrote {summary['out']}/summary.json, loss_curves.png, grown/")
+    return 0
+
+
+def _cmd_analyze(a: argparse.Namespace) -> int:
+    from growth.apps.analyze import analyze
+
+    print(analyze(a.checkpoint, a.out, draws=a.draws, seed=a.seed)[1])
+    return 0
+
+
+def _cmd_track(a: argparse.Namespace) -> int:
+    from growth.apps.track import format_track, track_checkpoint
+
+    kw = {} if a.lr is None else {"lr": a.lr}
+    res = track_checkpoint(
+        a.checkpoint, steps=a.steps, optimizer=a.optimizer, width=a.width, eps=a.eps, **kw
+    )
+    print(format_track(res))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0 if res["passed"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="grow",
+        formatter_class=_Help,
+        description="mfgrow: mean-field zero-shot weight transfer. Train a small model, grow it "
+        "wider and deeper (function kept or sampled from its fitted RC measure), verify and "
+        "analyse the result.",
+        epilog="\n\n".join([
+            _methods_text(),
+            "examples:\n  grow demo --quick\n"
+            "  grow train --model resmlp --width 16 --depth 2 --steps 2000 --out runs/small\n"
+            "  grow grow runs/small --width x4 --depth x2 --method exact --out runs/big\n"
+            "  grow verify runs/big\n"
+            "run 'grow COMMAND --help' for each command's options.",
+        ]),
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, epilog: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=summary, description=summary + ".", epilog=epilog, formatter_class=_Help
+        )
+
+    t = command(
+        "train", "train a model on an embedded dataset and save a checkpoint",
+        _families_text() + "\n\n" + _datasets_text() + "\n\nexample:\n"
+        "  grow train --model resmlp --width 16 --depth 2 --steps 2000 --out runs/small",
+    )  # fmt: skip
+    t.add_argument("--model", choices=["mlp", "resmlp"], default="resmlp", help="model family")
+    t.add_argument("--width", type=int, default=16, help="hidden width (resmlp: stream width)")
+    t.add_argument("--hidden", type=int, default=None, help="resmlp block hidden (2 x width)")
+    t.add_argument("--depth", type=int, default=2, help="hidden layers (mlp) or blocks (resmlp)")
+    t.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate")
+    t.add_argument("--eval-every", type=int, default=100, help="steps between test evaluations")
+    t.add_argument("--dataset", default="mnist1d", help="an embedded dataset (listed below)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="checkpoint directory to write")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    t.set_defaults(func=_cmd_train)
+
+    g = command(
+        "grow", "grow a checkpoint wider and deeper; writes the grown checkpoint and its report",
+        _methods_text() + "\n\n" + _depth_text() + "\n\n" + _families_text() + "\n\n"
+        "targets: --width 'x4' grows every width space 4x; 'd=64,h=x2' sets sizes per space;\n"
+        "--depth 'x2' doubles every depth stack, 'blocks=6' sets it; '' leaves it alone.\n\n"
+        "examples:\n"
+        "  grow grow runs/small --width x4 --depth x2 --out runs/big\n"
+        "  grow grow runs/small --width d=64,h=x2 --depth '' --method exact:sigma=4 --out runs/b\n"
+        "  grow grow --from-hf MINILM_DIR --to-hf runs/minilm2x --width x2 --depth ''",
+    )  # fmt: skip
+    g.add_argument("checkpoint", nargs="?", help="an mfgrow checkpoint (or use --from-hf)")
+    g.add_argument("--from-hf", default=None, help="HF BERT/GPT-2/Llama directory to grow")
+    g.add_argument("--to-hf", default=None, help="write the grown HF checkpoint here")
+    g.add_argument("--width", default="x4", help="'x4', or 'd=64,h=x2' per space")
+    g.add_argument("--depth", default="x2", help="'x2', or 'blocks=6'; '' for no depth growth")
+    g.add_argument("--method", default="exact", help=METHOD_HELP)
+    g.add_argument("--seed", type=int, default=0, help="seed of the method's random draws")
+    g.add_argument("--out", default=None, help="grown checkpoint directory")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    g.set_defaults(func=_cmd_grow)
+
+    v = command(
+        "verify", "check a grown checkpoint's zero-shot loss against its recorded source",
+        "exit status: 0 passed, 1 failed, 2 bad input.\n\nexample:\n  grow verify runs/big",
+    )  # fmt: skip
+    v.add_argument("checkpoint", help="a checkpoint written by 'grow grow'")
+    v.add_argument("--source", default=None, help="default: the source recorded at growth")
+    v.add_argument("--tol", type=float, default=1e-5, help="relative loss tolerance")
+    v.set_defaults(func=_cmd_verify)
+
+    d = command(
+        "demo", "train small -> grow -> check the zero-shot loss -> grown vs scratch",
+        _demo_text() + "\n\n" + _methods_text() + "\n\nexamples:\n  grow demo --quick\n"
+        "  grow demo --task lm --quick --method msg",
+    )  # fmt: skip
+    d.add_argument("--task", choices=["mnist1d", "lm"], default="mnist1d", help="the demo task")
+    d.add_argument("--out", default=None, help="default runs/demo (runs/lm_demo for --task lm)")
+    d.add_argument("--quick", action="store_true", help="small budget (~2 min on 2 cores)")
+    d.add_argument("--method", default="exact", help=METHOD_HELP)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.set_defaults(func=_cmd_demo)
+
+    an = command(
+        "analyze", "RC-ansatz diagnostics of a trained network (RC tie, controls, LLN fits)",
+        "reads an mfgrow MLP/resmlp checkpoint (on its dataset's test split) or a HF BERT\n"
+        "directory (on its sentence embeddings).\n\nexamples:\n  grow analyze runs/small\n"
+        "  grow analyze MINILM_DIR --out runs/minilm_analysis",
+    )  # fmt: skip
+    an.add_argument("checkpoint", help="an mfgrow MLP/resmlp checkpoint or a HF BERT directory")
+    an.add_argument("--out", default=None, help="write analysis.json + analysis.png here")
+    an.add_argument("--draws", type=int, default=8, help="iid growth draws per width")
+    an.add_argument("--seed", type=int, default=0)
+    an.set_defaults(func=_cmd_analyze)
+
+    tr = command(
+        "track", "train a grown copy beside its source: trajectories must match; controls must not",
+        "exit status: 0 passed, 1 failed, 2 bad input.\n\nexample:\n"
+        "  grow track runs/small --optimizer adam --steps 100",
+    )  # fmt: skip
+    tr.add_argument("checkpoint", help="the source checkpoint")
+    tr.add_argument("--steps", type=int, default=100, help="training steps of both runs")
+    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
+    tr.add_argument("--width", default="x2", help="'x2', or 'h1=x2,h2=48' per space")
+    tr.add_argument("--lr", type=float, default=None, help="default: 0.05 (sgd), 1e-3 (adam)")
+    tr.add_argument("--eps", type=float, default=1e-5, help="Adam epsilon")
+    tr.add_argument("--json", default=None, help="write the full result here")
+    tr.set_defaults(func=_cmd_track)
+    return p
+
+
+def _demo_text() -> str:
+    from growth.apps.demo import TASKS
+
+    return "tasks:\n" + "\n".join(f"  {k:<14}{v}" for k, v in TASKS.items())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GrowthError as e:
+        print(f"grow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

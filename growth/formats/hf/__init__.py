@@ -1,0 +1,23 @@
+"""Hugging Face-style safetensors checkpoints in and out of mfgrow.
+
+- :mod:`.io`: the shared directory I/O (config, tensors, atomic write, growth targets);
+- :mod:`.bert`: BERT-family encoders, and the entry points that dispatch on ``model_type``;
+- :mod:`.decoder` and :mod:`.layout`: GPT-2 / Llama causal LMs mapped onto our decoder family;
+- :mod:`.bert_forward`: a numpy BERT forward and tokenizer (what ``grow analyze`` measures with).
+"""
+
+from growth.formats.hf.bert import (
+    bert_spec,
+    grow_hf,
+    grow_params,
+    grown_config,
+    load_hf,
+    minilm_dir,
+    save_hf,
+)
+from growth.formats.hf.io import CONFIG, SUPPORTED, WEIGHTS
+
+__all__ = [
+    "CONFIG", "SUPPORTED", "WEIGHTS", "bert_spec", "grow_hf", "grow_params", "grown_config",
+    "load_hf", "minilm_dir", "save_hf",
+]
