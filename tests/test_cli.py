@@ -161,3 +161,33 @@ def test_demo_quick_end_to_end(tmp_path):
     _, meta = load_checkpoint(out / "grown")
     assert meta["growth"]["function_preserving"] is True
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def _help(*argv: str) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return buf.getvalue()
+
+
+def test_help_lists_every_choice_with_an_example():
+    from growth.depth import DEPTH_RULES
+    from growth.methods import METHODS, RECIPE_INFO
+
+    top, grow = _help(), _help("grow")
+    for text in (top, grow):
+        for name in METHODS:
+            assert f"  {name} " in text, name
+            assert RECIPE_INFO[name]["guarantee"] in text, name
+        assert "example" in text
+    for rule in DEPTH_RULES:
+        assert f"  {rule} " in grow
+    assert "resmlp" in grow and "(default: exact)" in grow
+    for cmd in ("train", "grow", "verify", "demo", "analyze", "track"):
+        text = _help(cmd)
+        assert "example" in text and "(default:" in text, cmd
+        assert text.split("\n\n")[1].strip(), f"{cmd}: no description"
+    assert "mnist1d" in _help("train") and "lm " in _help("demo")

@@ -17,8 +17,16 @@ from growth.errors import GrowthError
 METHOD_HELP = "a recipe (see the list below), optionally with field overrides: 'exact:sigma=4'"
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each option; descriptions and epilogs keep their line breaks."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option that has one; descriptions and epilogs keep their line
+    breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if not (default is None or default is False or default == argparse.SUPPRESS):
+            text += " (default: %(default)r)" if action.default == "" else " (default: %(default)s)"
+        return text
 
 
 def _methods_text() -> str:
@@ -175,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=None, help="resmlp block hidden (2 x width)")
     t.add_argument("--depth", type=int, default=2, help="hidden layers (mlp) or blocks (resmlp)")
     t.add_argument("--steps", type=int, default=2000, help="optimizer steps")
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=128, help="examples per step")
     t.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate")
     t.add_argument("--eval-every", type=int, default=100, help="steps between test evaluations")
     t.add_argument("--dataset", default="mnist1d", help="an embedded dataset (listed below)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the init and the data order")
     t.add_argument("--out", required=True, help="checkpoint directory to write")
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     t.set_defaults(func=_cmd_train)
@@ -223,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="default runs/demo (runs/lm_demo for --task lm)")
     d.add_argument("--quick", action="store_true", help="small budget (~2 min on 2 cores)")
     d.add_argument("--method", default="exact", help=METHOD_HELP)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of data order, inits and growth")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
 
@@ -236,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("checkpoint", help="an mfgrow MLP/resmlp checkpoint or a HF BERT directory")
     an.add_argument("--out", default=None, help="write analysis.json + analysis.png here")
     an.add_argument("--draws", type=int, default=8, help="iid growth draws per width")
-    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--seed", type=int, default=0, help="seed of the random controls and draws")
     an.set_defaults(func=_cmd_analyze)
 
     tr = command(
@@ -246,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     tr.add_argument("checkpoint", help="the source checkpoint")
     tr.add_argument("--steps", type=int, default=100, help="training steps of both runs")
-    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
+    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="optimizer")
     tr.add_argument("--width", default="x2", help="'x2', or 'h1=x2,h2=48' per space")
     tr.add_argument("--lr", type=float, default=None, help="default: 0.05 (sgd), 1e-3 (adam)")
     tr.add_argument("--eps", type=float, default=1e-5, help="Adam epsilon")
