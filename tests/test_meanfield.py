@@ -220,3 +220,50 @@ def test_mf_lr_rule_makes_a_relative_base_model_train_like_a_fresh_one(mnist1d) 
     msg = f"logit error right {right:.3g} wrong {wrong:.3g}; losses {l_fresh, l_right, l_wrong}"
     assert right < 0.05 and abs(l_right - l_fresh) < 0.01, msg  # measured 0.021, 0.003
     assert wrong > 0.2 and abs(l_wrong - l_fresh) > 0.05, msg  # measured 0.57, 0.14
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line: the parametrization travels with the checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["mlp", "resmlp"])
+def test_cli_train_mf_grow_verify_roundtrip(model, tmp_path) -> None:
+    from growth.apps.cli import main
+    from growth.apps.commands import load_model, verify_checkpoint
+    from growth.formats.checkpoint import load_checkpoint
+
+    small, big = str(tmp_path / "small"), str(tmp_path / "big")
+    args = ["train", "--model", model, "--width", "6", "--depth", "2", "--steps", "20"]
+    assert main([*args, "--eval-every", "20", "--param", "mf", "--out", small]) == 0
+    _, meta = load_checkpoint(small)
+    assert meta["param"] == "mf" and meta["config"]["param"] == "mf"
+    assert meta["config"]["mults"][0] == pytest.approx(1 / 6)
+    width = "h1=x2,h2=13" if model == "mlp" else "d=x2,h=17"
+    depth = [] if model == "mlp" else ["--depth", "blocks=3"]
+    assert main(["grow", small, "--width", width, *depth, "--out", big]) == 0
+    _, grown_meta, grown_cfg = load_model(big)
+    assert grown_meta["param"] == "mf" and grown_cfg.mults[0] == pytest.approx(1 / 6)
+    res = verify_checkpoint(big)
+    assert res["passed"] and res["max_rel_logit_error"] < 1e-5, res
+
+
+def test_cli_mup_base_width_scales_the_readout_and_mf_base_width_the_multipliers(tmp_path):
+    from growth.apps.cli import main
+    from growth.formats.checkpoint import load_checkpoint
+
+    common = ["train", "--model", "mlp", "--width", "32", "--depth", "1", "--steps", "1"]
+    common += ["--eval-every", "1", "--lr", "1e-9"]
+    readout_sd = {}
+    for param in ("sp", "mup"):
+        out = str(tmp_path / param)
+        assert main([*common, "--param", param, "--base-width", "8", "--out", out]) == 0
+        params, meta = load_checkpoint(out)
+        readout_sd[param] = float(np.asarray(params["layers"][1]["kernel"]).std())
+        assert meta["param"] == param and meta["base_sizes"] == {"h1": 8.0}
+    assert readout_sd["mup"] / readout_sd["sp"] == pytest.approx(0.5, rel=1e-3)  # r_in^-1/2
+    out = str(tmp_path / "mf")
+    assert main([*common, "--param", "mf", "--base-width", "8", "--out", out]) == 0
+    _, meta = load_checkpoint(out)
+    assert meta["config"]["mults"] == [1 / 8] and meta["base_sizes"] == {"h1": 8.0}
+    assert main([*common, "--param", "mf", "--base-width", "0", "--out", out + "0"]) == 2
