@@ -173,13 +173,17 @@ def run(widths: list[int], seeds: int, steps: int, perms: int, params: list[str]
 
 
 def plot(result: dict, path: Path) -> None:
+    """Normalised distance against width per feature set (2 x 2 panels; MF solid, SP dashed),
+    and, right, the power check: rejection rate against the effect size delta."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(FEATURES), figsize=(4.2 * len(FEATURES), 3.6))
-    for ax, name in zip(axes, FEATURES, strict=True):
+    fig = plt.figure(figsize=(13, 7))
+    grid = fig.add_gridspec(2, 3)
+    for i, name in enumerate(FEATURES):
+        ax = fig.add_subplot(grid[i // 2, i % 2])
         for param, style in (("mf", "-"), ("sp", "--")):
             rows = result["comparisons"].get(f"{param}/{name}")
             if rows is None:
@@ -192,11 +196,23 @@ def plot(result: dict, path: Path) -> None:
                             label=f"{param} {comp.replace('_', ' ')}")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_title(name, fontsize=10)
         ax.set_xlabel("width n")
-        ax.set_title(name)
-    axes[0].set_ylabel("normalised energy distance, mean ± sd over seeds")
-    axes[-1].legend(fontsize=6)
-    fig.suptitle("unit measures across widths (across: vs the widest net, another seed)")
+        ax.set_ylabel("normalised energy distance")
+        if i == 0:
+            ax.legend(fontsize=7, ncol=2)
+    ax = fig.add_subplot(grid[:, 2])
+    for j, (key, rows) in enumerate(result["power"].items()):
+        deltas = [float(d) for d in rows]
+        ax.plot(deltas, [rows[d]["reject_rate"] for d in rows], marker="o", color=f"C{j}",
+                label=key.removeprefix("mf/"))  # fmt: skip
+    ax.axhline(ALPHA, color="k", lw=0.8, ls=":")
+    ax.set_xlabel("shift delta (x total sd of the units)")
+    ax.set_ylabel(f"rejection rate at level {ALPHA}")
+    ax.set_title("power (MF, same width, another seed)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.suptitle("unit measures across widths: mean ± sd over seeds; 'across' = vs the widest "
+                 "net of another seed")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
