@@ -76,16 +76,29 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from growth.tasks.train import TrainConfig
 
     data = load_dataset(a.dataset)
+    hidden = a.hidden or 2 * a.width
+    if a.base_width is not None and a.base_width < 1:
+        raise GrowthError(f"--base-width {a.base_width}: must be a positive integer")
+    b = (a.base_width or a.width) / a.width  # base widths relative to the model's
     if a.model == "mlp":
-        cfg = MLPConfig(data.input_dim, tuple([a.width] * a.depth), data.num_classes)
-    else:
-        cfg = ResMLPConfig(
-            data.input_dim, a.width, a.hidden or 2 * a.width, a.depth, data.num_classes
+        mults = (1.0 / (b * a.width),) * a.depth if a.param == "mf" else None
+        cfg = MLPConfig(
+            data.input_dim, (a.width,) * a.depth, data.num_classes, param=a.param, mults=mults
         )
+        base = {f"h{l + 1}": b * a.width for l in range(a.depth)}
+    else:
+        mults = (1.0 / (b * a.width), 1.0 / (b * hidden)) if a.param == "mf" else None
+        cfg = ResMLPConfig(
+            data.input_dim, a.width, hidden, a.depth, data.num_classes, param=a.param,
+            mults=mults,
+        )  # fmt: skip
+        base = {"d": b * a.width, "h": b * hidden}
     tc = TrainConfig(
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, eval_every=a.eval_every
     )
-    path, hist = train_model(a.out, a.model, cfg, tc, dataset=a.dataset, overwrite=a.overwrite)
+    path, hist = train_model(
+        a.out, a.model, cfg, tc, dataset=a.dataset, base_sizes=base, overwrite=a.overwrite
+    )
     print(f"saved {path}: test loss {hist.test_loss[-1]:.4f}, acc {hist.test_acc[-1]:.3f}")
     return 0
 
@@ -176,12 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     t = command(
         "train", "train a model on an embedded dataset and save a checkpoint",
         _families_text() + "\n\n" + _datasets_text() + "\n\nexample:\n"
-        "  grow train --model resmlp --width 16 --depth 2 --steps 2000 --out runs/small",
+        "  grow train --model resmlp --width 16 --depth 2 --steps 2000 --out runs/small\n"
+        "  grow train --model mlp --width 64 --param mf --lr 0.03 --out runs/mf64",
     )  # fmt: skip
     t.add_argument("--model", choices=["mlp", "resmlp"], default="resmlp", help="model family")
     t.add_argument("--width", type=int, default=16, help="hidden width (resmlp: stream width)")
     t.add_argument("--hidden", type=int, default=None, help="resmlp block hidden (2 x width)")
     t.add_argument("--depth", type=int, default=2, help="hidden layers (mlp) or blocks (resmlp)")
+    t.add_argument(
+        "--param", choices=["sp", "mup", "mf"], default="sp",
+        help="parametrization: sp (one Adam LR), mup (muP-Adam LRs and readout init relative "
+        "to --base-width), mf (mean field: 1/n multipliers, N(0,1) types, width-free Adam LR)",
+    )  # fmt: skip
+    t.add_argument(
+        "--base-width", type=int, default=None,
+        help="base width of mup/mf (default: --width; resmlp hidden scales with it)",
+    )  # fmt: skip
     t.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     t.add_argument("--batch-size", type=int, default=128, help="examples per step")
     t.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate")

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,14 +25,16 @@ from growth.models import (
     grown_config,
     init_model,
     model_from_params,
+    parametrization,
     params_of,
+    training_base,
 )
 from growth.spec import parse_targets
 from growth.tasks.data import load_dataset
 from growth.tasks.lm_data import LM_DATASET, load_corpus
 from growth.tasks.lm_data import eval_windows as lm_eval_windows
 from growth.tasks.train import History, TrainConfig, evaluate, train
-from theory.parametrization import adam_lr_multipliers
+from theory.parametrization import leaf_rules, lr_multipliers
 
 
 def load_model(path: str | os.PathLike) -> tuple[Any, dict, Any]:
@@ -42,6 +45,16 @@ def load_model(path: str | os.PathLike) -> tuple[Any, dict, Any]:
             raise GrowthError(f"checkpoint {str(path)!r}: meta.json lacks {key!r}")
     config = config_from_dict(meta["family"], meta["config"])
     return model_from_params(meta["family"], config, params), meta, config
+
+
+def init_rescale(resolved: Any, base: Mapping[str, float], param: str) -> tuple[float, ...]:
+    """Per-leaf factors turning the families' SP-absolute init (Lecun normal: std ``r_in^-1/2``
+    relative to ``base``) into ``param``'s: muP's readout ``r_in^-1`` (factor ``r_in^-1/2``);
+    1 for ``sp`` and for ``mf`` (whose models draw their types themselves)."""
+    if param != "mup":
+        return (1.0,) * len(resolved.leaves)
+    mup, sp = leaf_rules(resolved, base, "mup"), leaf_rules(resolved, base, "sp")
+    return tuple(m.init_std / s.init_std for m, s in zip(mup, sp, strict=True))
 
 
 def train_model(
@@ -55,27 +68,39 @@ def train_model(
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[os.PathLike, History]:
-    """Train a fresh ``family`` model and save it with its history at ``out``.
+    """Train a fresh ``family`` model under its config's parametrization and save it with its
+    history at ``out``.
 
-    base_sizes: widths for muP-Adam learning-rate multipliers (default: the model's own sizes,
-    i.e. all multipliers 1).
+    The parametrization (``config.param``: ``sp``, ``mup``, ``mf``) sets the Adam learning-rate
+    factors per leaf, ``theory.parametrization.lr_multipliers`` relative to the base widths
+    (:func:`growth.models.training_base`): ``sp`` one global rate; ``mup`` muP-Adam and muP's
+    readout init; ``mf`` the mean-field rule for the config's multipliers (all 1 for a fresh
+    model at its reference widths). base_sizes: the base widths of ``sp``/``mup`` (default the
+    model's own sizes: every factor 1); under ``mf`` it must match the multipliers. The meta
+    records ``param`` and the base, so grow/verify/analyze rebuild the same model.
     """
     fam = get_family(family)
     data = load_dataset(dataset)
+    param = parametrization(config)
     model = init_model(family, config, seed=train_cfg.seed)
-    resolved = fam.spec(config).resolve(params_of(model))
-    base = dict(base_sizes or resolved.sizes)
+    params = params_of(model)
+    resolved = fam.spec(config).resolve(params)
+    base = training_base(family, config, resolved.sizes, base_sizes)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    scaled = [a * f for a, f in zip(leaves, init_rescale(resolved, base, param), strict=True)]
+    model = model_from_params(family, config, jax.tree_util.tree_unflatten(treedef, scaled))
     hist = train(
         model,
         data,
         train_cfg,
-        lr_multipliers=adam_lr_multipliers(resolved, base),
+        lr_multipliers=lr_multipliers(resolved, base, param, "adam"),
         desc=f"train {family}",
         progress=progress,
     )
     meta = {
         "family": family,
         "config": config_to_dict(config),
+        "param": param,
         "dataset": dataset,
         "base_sizes": base,
         "train": train_cfg.to_dict(),
@@ -113,6 +138,7 @@ def grow_checkpoint(
     new_meta = {
         "family": meta["family"],
         "config": config_to_dict(new_config),
+        "param": parametrization(new_config),
         "dataset": meta.get("dataset", "mnist1d"),
         **({"data": meta["data"]} if "data" in meta else {}),
         "base_sizes": meta.get("base_sizes", dict(resolved.sizes)),

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
+import numpy as np
 from flax import nnx
 
 from growth.errors import GrowthError
@@ -26,6 +27,8 @@ class Family(NamedTuple):
     from-scratch baseline, a sweep). ``grown(config, plan)``: the config of the model a growth
     plan produces -- the plan's sizes plus whatever else exactness needs (norm eps after padded
     maps, a tied readout's multiplier, rotary frequencies). Use :func:`grown_config`.
+    ``reference(config)``: space -> the width at which the config's forward multipliers are
+    ``1 / n`` (mean-field families; None for a family without per-space multipliers).
     """
 
     name: str
@@ -35,10 +38,20 @@ class Family(NamedTuple):
     sizes: Callable[[Any], dict[str, int]]
     resize: Callable[[Any, Mapping[str, int]], Any]
     grown: Callable[[Any, GrowthPlan], Any]
+    reference: Callable[[Any], dict[str, float]] | None = None
 
 
 FAMILIES: dict[str, Family] = {
-    "mlp": Family("mlp", mlp.MLPConfig, mlp.MLP, mlp.spec, mlp.sizes, mlp.resize, mlp.grown),
+    "mlp": Family(
+        "mlp",
+        mlp.MLPConfig,
+        mlp.MLP,
+        mlp.spec,
+        mlp.sizes,
+        mlp.resize,
+        mlp.grown,
+        mlp.reference_sizes,
+    ),
     "resmlp": Family(
         "resmlp",
         resmlp.ResMLPConfig,
@@ -47,6 +60,7 @@ FAMILIES: dict[str, Family] = {
         resmlp.sizes,
         resmlp.resize,
         resmlp.grown,
+        resmlp.reference_sizes,
     ),
     "decoder": Family(
         "decoder",
@@ -70,6 +84,39 @@ def grown_config(family: str | Family, config: Any, plan: GrowthPlan) -> Any:
     """Config of the model that ``plan`` (``growth.plan_growth``) grows from a ``config`` model."""
     fam = get_family(family) if isinstance(family, str) else family
     return fam.grown(config, plan)
+
+
+def parametrization(config: Any) -> str:
+    """The config's parametrization (``sp``, ``mup``, ``mf``); ``sp`` for configs without one."""
+    return getattr(config, "param", "sp")
+
+
+def training_base(
+    family: str, config: Any, sizes: Mapping[str, int], base_sizes: Mapping[str, int] | None
+) -> dict[str, float]:
+    """Base widths of the width-aware learning rates (``theory.parametrization``) of a model.
+
+    ``mf``: the reference widths of the config's multipliers (a fresh model's own sizes, a
+    grown model's source sizes); ``base_sizes`` must agree with them or be None. ``sp``/``mup``:
+    ``base_sizes`` or, by default, the model's own ``sizes`` (every ratio 1).
+    """
+    fam = get_family(family)
+    if parametrization(config) != "mf":
+        return dict(base_sizes or sizes)
+    if fam.reference is None:
+        raise GrowthError(f"param='mf': the {family} family has no mean-field multipliers")
+    ref = fam.reference(config)
+    bad = {
+        s: (base_sizes[s], ref[s])
+        for s in ref
+        if base_sizes and s in base_sizes and not np.isclose(base_sizes[s], ref[s])
+    }
+    if bad:
+        raise GrowthError(
+            f"base_sizes {dict(base_sizes)} disagree with the mf multipliers' reference widths "
+            f"(given, implied) {bad}; drop base_sizes or set the config's mults to 1 / base"
+        )
+    return {**sizes, **ref}
 
 
 def config_from_dict(family: str, config: Mapping[str, Any]) -> Any:
