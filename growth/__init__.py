@@ -12,18 +12,19 @@ Layers, each importing only from those below it (docs/architecture.md):
 This module is the public face: it re-exports the engine and the entry points users need most.
 """
 
-from growth.depth import DEPTH_RULES, DepthMap, depth_map
+from growth.depth import DEPTH_RULES, DepthMap, depth_map, slice_map
 from growth.engine import GrowthPlan, GrowthReport, apply_plan, grow, plan_growth
 from growth.errors import CheckpointError, GrowthError, SpecError
 from growth.formats.checkpoint import load_checkpoint, save_checkpoint
 from growth.formats.stream import grow_stream
-from growth.methods import METHODS, Method, get_method
+from growth.methods import DEFAULT_METHOD, METHODS, Method, get_method
 from growth.recipes.msg import MaskInfo, grow_msg, masked_params, msg_transform
 from growth.spec import Axis, LeafSpec, NeuronSpec
 
 __all__ = [
-    "DEPTH_RULES", "METHODS", "Axis", "CheckpointError", "DepthMap", "GrowthError", "GrowthPlan",
-    "GrowthReport", "LeafSpec", "MaskInfo", "Method", "NeuronSpec", "SpecError", "apply_plan",
-    "depth_map", "get_method", "grow", "grow_msg", "grow_stream", "load_checkpoint",
-    "masked_params", "msg_transform", "plan_growth", "save_checkpoint",
+    "DEFAULT_METHOD", "DEPTH_RULES", "METHODS", "Axis", "CheckpointError", "DepthMap",
+    "GrowthError", "GrowthPlan", "GrowthReport", "LeafSpec", "MaskInfo", "Method", "NeuronSpec",
+    "SpecError", "apply_plan", "depth_map", "get_method", "grow", "grow_msg", "grow_stream",
+    "load_checkpoint", "masked_params", "msg_transform", "plan_growth", "save_checkpoint",
+    "slice_map",
 ]

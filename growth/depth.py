@@ -17,11 +17,18 @@ where ``out`` are the leaves marked ``residual_out`` (the branch's output projec
   interpolate the two source blocks around it (source block l sits at ``(l + 1/2)/L``, clamped at
   the ends); every output is scaled by ``L/L'``. Also shrinks (L' < L).
 - ``stack``: the whole stack repeated (G_stack, Du et al., NeurIPS 2024), no rescaling.
+- ``llama-pro``: LLaMA-Pro block expansion (Wu et al., ACL 2024, arXiv 2401.02415): the L blocks
+  form ``P = L' - L`` contiguous groups and each group is followed by a copy of its last block
+  whose output projection is zero (exact, like ``identity``, but the new blocks are spread
+  evenly through the stack instead of following the first blocks).
 - ``linear-fit``: TLEG (Xia et al., AAAI 2024): least-squares fit of a linear depth profile
   ``theta(t) = A + t B`` to the source blocks (at ``t_l = (l + 1/2)/L``), evaluated at the new
   depths ``t'_m = (m + 1/2)/L'``; a linear map, so it is a mixing matrix
   ``mix = [1, t'] pinv([1, t])``; outputs scaled by ``L/L'``. Exact on the profile when the
   source blocks are linear in depth. L' = L: identity (no growth); L = 1: the constant profile.
+
+:func:`slice_map` builds the map of explicit layer slices (SOLAR-style depth up-scaling,
+mergekit's ``passthrough``): half-open ranges ``[a, b)`` concatenated, blocks copied unscaled.
 
 Counts ``c_l`` are balanced: ``floor(L'/L)`` or ``ceil(L'/L)``, extras to the earliest blocks.
 """
@@ -40,7 +47,9 @@ from growth.errors import GrowthError
 from growth.spec import LeafSpec
 from growth.width import along, constrain
 
-DEPTH_RULES = ("identity", "duplicate", "interpolate", "stack", "linear-fit")
+DEPTH_RULES = ("identity", "duplicate", "interpolate", "stack", "linear-fit", "llama-pro")
+#: rules whose new blocks compute the identity (zero output projection): function-preserving
+EXACT_DEPTH_RULES = ("identity", "llama-pro")
 #: one line per rule, for ``grow --help``
 DEPTH_RULE_SUMMARY = {
     "identity": "each block followed by copies whose output projection is zero (exact)",
@@ -48,6 +57,7 @@ DEPTH_RULE_SUMMARY = {
     "interpolate": "new blocks interpolate their neighbours, outputs scaled L/L' (approx.)",
     "stack": "the whole stack repeated, no rescaling (G_stack; approx.)",
     "linear-fit": "least-squares linear depth profile evaluated at new depths (TLEG; approx.)",
+    "llama-pro": "LLaMA-Pro: a zero-output copy after each of L'-L even groups of blocks (exact)",
 }
 
 
@@ -85,6 +95,10 @@ def depth_map(rule: str, L: int, L_new: int) -> DepthMap:
             scale[first] = 1.0
         else:
             scale = (1.0 / counts[src]).astype(np.float32)
+    elif rule == "llama-pro":
+        src = _expansion_sources(L, L_new)
+        mix[np.arange(L_new), src] = 1.0
+        scale[np.flatnonzero(np.diff(np.concatenate([[-1], src])) == 0)] = 0.0
     elif rule == "stack":
         mix[np.arange(L_new), np.arange(L_new) % L] = 1.0
     elif rule == "linear-fit":
@@ -107,6 +121,61 @@ def depth_map(rule: str, L: int, L_new: int) -> DepthMap:
         mix[np.arange(L_new), hi] += frac
         scale[:] = L / L_new
     return DepthMap(jnp.asarray(mix), jnp.asarray(scale))
+
+
+def _expansion_sources(L: int, L_new: int) -> np.ndarray:
+    """Source block of each of the L_new blocks of a LLaMA-Pro expansion: new block k
+    (k < P = L_new - L) follows block ``a_k = floor((k + 1) L / P) - 1``, the last block of the
+    k-th of P even groups (several new blocks follow one block when P > L)."""
+    P = L_new - L
+    anchors = (np.arange(1, P + 1) * L) // P - 1
+    extra = np.bincount(anchors, minlength=L)
+    return np.repeat(np.arange(L), 1 + extra)
+
+
+def parse_slices(text: str) -> tuple[tuple[int, int], ...]:
+    """``"0:24,8:32"`` -> ``((0, 24), (8, 32))``; GrowthError naming the bad item."""
+    out = []
+    for item in str(text).split(","):
+        a, sep, b = item.strip().partition(":")
+        try:
+            out.append((int(a), int(b)))
+        except ValueError:
+            raise GrowthError(
+                f"depth slices {text!r}: item {item!r} should be START:END (half-open layer "
+                "range, e.g. '0:24,8:32')"
+            ) from None
+        if not sep:
+            raise GrowthError(f"depth slices {text!r}: item {item!r} should be START:END")
+    return tuple(out)
+
+
+def slice_map(L: int, slices: Sequence[tuple[int, int]] | str) -> DepthMap:
+    """Depth map stacking the half-open block ranges ``[a, b)`` of ``slices`` one after another
+    (mergekit ``passthrough`` / SOLAR depth up-scaling: ``((0, 24), (8, 32))`` of a 32-block
+    model gives 48 blocks, 0..23 then 8..31), copied unscaled. Function-preserving only when
+    the slices concatenate to ``0..L-1`` (:func:`slices_exact`)."""
+    if isinstance(slices, str):
+        slices = parse_slices(slices)
+    if not slices:
+        raise GrowthError("depth slices: need at least one START:END range")
+    src: list[int] = []
+    for a, b in slices:
+        if not 0 <= a < b <= L:
+            raise GrowthError(
+                f"depth slice {a}:{b}: expected 0 <= START < END <= {L} (the source has {L} "
+                "blocks; ranges are half-open)"
+            )
+        src += range(a, b)
+    mix = np.zeros((len(src), L), np.float32)
+    mix[np.arange(len(src)), src] = 1.0
+    return DepthMap(jnp.asarray(mix), jnp.ones(len(src), jnp.float32))
+
+
+def slices_exact(L: int, slices: Sequence[tuple[int, int]]) -> bool:
+    """Whether stacking ``slices`` reproduces the source stack ``0..L-1`` (then, and only then,
+    slice stacking keeps the function: a repeated block adds its branch output twice)."""
+    return [i for a, b in slices for i in range(a, b)] == list(range(L))
 
 
 def contract(x: jax.Array, axis: int, op: jax.Array) -> jax.Array:

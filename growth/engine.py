@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from growth.depth import DepthMap, apply_depth, depth_map
+from growth.depth import EXACT_DEPTH_RULES, DepthMap, apply_depth, depth_map
 from growth.errors import GrowthError
-from growth.methods import Method, get_method
+from growth.methods import DEFAULT_METHOD, Method, get_method
 from growth.spec import NeuronSpec, ResolvedSpec, leaves_with_paths
 from growth.width import along, apply_width
 from theory.measure import SpaceMap, padded_map, pair_map, sample_space
@@ -217,10 +217,17 @@ def plan_growth(
     *,
     width: Mapping[str, int] | None = None,
     depth: Mapping[str, int] | None = None,
-    method: str | Method = "exact",
+    method: str | Method = DEFAULT_METHOD,
     key: jax.Array | int = 0,
+    spreads: tuple[float, ...] | None = None,
 ) -> GrowthPlan:
-    """Validate the request against ``params`` and draw all index and depth maps."""
+    """Validate the request against ``params`` and draw all index and depth maps.
+
+    spreads: per-leaf noise scales (tree order) supplied by a caller that never holds the whole
+    model (``growth.formats.hf.stream`` plans on shapes, ``jax.ShapeDtypeStruct`` leaves, and
+    replaces them per tensor); that caller then checks finiteness itself. None: computed here
+    by :func:`leaf_spreads`, which also refuses non-finite leaves.
+    """
     resolved = spec.resolve(params)
     method = get_method(method)
     for knob, entry in (("ramp_steps", "growth.recipes.msg.grow_msg"),
@@ -232,7 +239,10 @@ def plan_growth(
             )
     width = _check_targets("width", width or {}, resolved.width_spaces())
     depth = _check_targets("depth", depth or {}, resolved.depth_stacks())
-    spreads = leaf_spreads(params)
+    if spreads is None:
+        spreads = leaf_spreads(params)
+    elif len(spreads) != len(resolved.leaves):
+        raise GrowthError(f"spreads: {len(spreads)} values for {len(resolved.leaves)} leaves")
     key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
     k_maps, k_apply = jax.random.split(key)
 
@@ -242,7 +252,7 @@ def plan_growth(
         L = resolved.sizes[stack]
         if L_new != L:
             dmaps[stack] = depth_map(method.depth, L, L_new)
-            if method.depth != "identity":
+            if method.depth not in EXACT_DEPTH_RULES:
                 exact = False
                 notes.append(f"depth rule {method.depth!r} on {stack!r} is approximate")
     after = dict(resolved.sizes) | width | depth
@@ -314,6 +324,7 @@ def apply_leaves(
             if keep_sharding
             else None,
             first_leaf=first_leaf,
+            norm_specs=plan.resolved.leaves,
         )
     if plan.maps and m.fanout_source == "next-block":
         leaves = _fanout_from_next_block(leaves, sub)
@@ -349,7 +360,7 @@ def grow(
     *,
     width: Mapping[str, int] | None = None,
     depth: Mapping[str, int] | None = None,
-    method: str | Method = "exact",
+    method: str | Method = DEFAULT_METHOD,
     key: jax.Array | int = 0,
 ) -> tuple[Any, GrowthReport]:
     """Grow (or prune) the neuron spaces and depth stacks of ``params``.

@@ -133,6 +133,10 @@ class Method:
         return asdict(self)
 
 
+#: the method every entry point uses when none is named (``grow`` CLI, ``growth.grow``,
+#: ``growth.formats.hf.grow_hf``): read it from here, never repeat the name
+DEFAULT_METHOD = "exact"
+
 METHODS: dict[str, Method] = {
     "exact": Method(sigma=1.0, name="exact"),
     "copy": Method(symmetry="none", sigma=0.0, name="copy"),

@@ -175,6 +175,7 @@ def apply_width(
     bandwidth: float = 0.0,
     out_shardings: tuple | None = None,
     first_leaf: int = 0,
+    norm_specs: tuple[LeafSpec, ...] | None = None,
 ) -> list[jax.Array]:
     """Grow every leaf along its width axes whose space is in ``maps``.
 
@@ -186,6 +187,8 @@ def apply_width(
     sharded, never gathered on one device.
     first_leaf: tree position of ``leaves[0]`` (the noise of leaf j is keyed by its position,
     so growing a slice of the leaves -- streaming -- gives the same result as the whole tree).
+    norm_specs: the specs of the whole tree when ``leaves`` are a slice of it, so a padded
+    map finds its space's norm kind on norm leaves outside the slice (default ``leaf_specs``).
     Computes in float32 (float64 for float64 leaves); returns each leaf in its source dtype.
 
     Each leaf is one jitted call (compiled once per leaf signature): XLA's CPU runtime runs one
@@ -197,7 +200,7 @@ def apply_width(
     kinds = {}
     for space, m in maps.items():
         if m.pad is not None:
-            kinds[space] = pad_kind(leaf_specs, space)
+            kinds[space] = pad_kind(norm_specs or leaf_specs, space)
             if kinds[space] is None:
                 raise GrowthError(
                     f"space {space!r}: a padded map needs one named norm kind on the space's "

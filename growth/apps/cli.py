@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from growth.errors import GrowthError
+from growth.methods import DEFAULT_METHOD
 
 METHOD_HELP = "a recipe (see the list below), optionally with field overrides: 'exact:sigma=4'"
 
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--to-hf", default=None, help="write the grown HF checkpoint here")
     g.add_argument("--width", default="x4", help="'x4', or 'd=64,h=x2' per space")
     g.add_argument("--depth", default="x2", help="'x2', or 'blocks=6'; '' for no depth growth")
-    g.add_argument("--method", default="exact", help=METHOD_HELP)
+    g.add_argument("--method", default=DEFAULT_METHOD, help=METHOD_HELP)
     g.add_argument("--seed", type=int, default=0, help="seed of the method's random draws")
     g.add_argument("--out", default=None, help="grown checkpoint directory")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -253,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--task", choices=["mnist1d", "lm"], default="mnist1d", help="the demo task")
     d.add_argument("--out", default=None, help="default runs/demo (runs/lm_demo for --task lm)")
     d.add_argument("--quick", action="store_true", help="small budget (~2 min on 2 cores)")
-    d.add_argument("--method", default="exact", help=METHOD_HELP)
+    d.add_argument("--method", default=DEFAULT_METHOD, help=METHOD_HELP)
     d.add_argument("--seed", type=int, default=0, help="seed of data order, inits and growth")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)

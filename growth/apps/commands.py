@@ -17,7 +17,7 @@ import numpy as np
 from growth.engine import GrowthReport, apply_plan, plan_growth
 from growth.errors import GrowthError
 from growth.formats.checkpoint import load_checkpoint, save_checkpoint
-from growth.methods import Method
+from growth.methods import DEFAULT_METHOD, Method
 from growth.models import (
     config_from_dict,
     config_to_dict,
@@ -116,7 +116,7 @@ def grow_checkpoint(
     *,
     width: str | Mapping[str, int] | None = "x4",
     depth: str | Mapping[str, int] | None = "x2",
-    method: str | Method = "exact",
+    method: str | Method = DEFAULT_METHOD,
     seed: int = 0,
     overwrite: bool = False,
 ) -> tuple[os.PathLike, GrowthReport]:

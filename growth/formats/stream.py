@@ -41,11 +41,12 @@ from etils import epath
 from growth.engine import GrowthReport, apply_leaves, plan_growth
 from growth.errors import CheckpointError, SpecError
 from growth.formats.checkpoint import read_checkpoint_info, write_checkpoint
-from growth.methods import Method
+from growth.methods import DEFAULT_METHOD, Method
 from growth.spec import NeuronSpec, path_str
 
 _DTYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "bfloat16": "BF16",
-           "int32": "I32", "int64": "I64"}  # fmt: skip
+           "int32": "I32", "int64": "I64", "int16": "I16", "int8": "I8", "uint8": "U8",
+           "bool": "BOOL"}  # fmt: skip
 
 
 def _numpy_dtype(code: str, name: str) -> np.dtype:
@@ -75,6 +76,34 @@ class LazyTensor:
             raise CheckpointError(f"tensor {self.name!r}: file truncated")
         x = np.frombuffer(buf, self.dtype).reshape(self.shape)
         return x if dtype is None else x.astype(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self._size
+
+    def copy_to(self, out_fd: int) -> None:
+        """Append this tensor's bytes, as stored, to ``out_fd`` at its file position
+        (``copy_file_range``: kernel-side, no decode, no user-space buffer; falls back to
+        ``pread`` / ``write`` in 64 MiB chunks where the kernel refuses)."""
+        done = 0
+        while done < self._size:
+            n = self._size - done
+            try:
+                step = os.copy_file_range(self._fd, out_fd, n, self._start + done)
+            except OSError:
+                step = write_all(out_fd, os.pread(self._fd, min(n, 1 << 26), self._start + done))
+            if step == 0:
+                raise CheckpointError(f"tensor {self.name!r}: file truncated")
+            done += step
+
+
+def write_all(fd: int, data: Any) -> int:
+    """Write all of ``data`` (bytes or a C-contiguous array) to ``fd``; returns its length."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:])
+    return done
 
 
 class CheckpointLeaf:
@@ -115,8 +144,9 @@ class CheckpointLeaf:
         return x if dtype is None else x.astype(dtype)
 
 
-def read_header(fd: int) -> tuple[int, dict]:
-    """(offset of the data section, header dict without ``__metadata__``) of a safetensors file."""
+def read_header(fd: int) -> tuple[int, dict, dict]:
+    """``(offset of the data section, header without __metadata__, __metadata__ or {})`` of a
+    safetensors file."""
     raw = os.pread(fd, 8, 0)
     if len(raw) != 8:
         raise CheckpointError("not a safetensors file (too short)")
@@ -129,8 +159,8 @@ def read_header(fd: int) -> tuple[int, dict]:
         raise CheckpointError(f"not a safetensors file (bad header: {e})") from e
     if not isinstance(header, dict):
         raise CheckpointError("not a safetensors file (header is not a JSON object)")
-    header.pop("__metadata__", None)
-    return 8 + n, header
+    metadata = header.pop("__metadata__", None) or {}
+    return 8 + n, header, metadata
 
 
 @dataclass
@@ -143,7 +173,7 @@ class _Source:
 def _open_safetensors(path: Path) -> _Source:
     fd = os.open(path, os.O_RDONLY)
     try:
-        base, header = read_header(fd)
+        base, header, _ = read_header(fd)
         tree = {n: LazyTensor(fd, base, n, header[n]) for n in sorted(header)}
     except CheckpointError as e:
         os.close(fd)
@@ -218,8 +248,13 @@ def _open(source: Path) -> _Source:
 # ------------------------------------------------------------------------------------- sinks
 
 
-def _header(names: list[str], shapes: list[tuple], dtypes: list[np.dtype]) -> bytes:
-    meta, offset = {}, 0
+def safetensors_header(
+    names: list[str], shapes: list[tuple], dtypes: list[np.dtype], metadata: dict | None = None
+) -> bytes:
+    """A safetensors header (8-byte length + JSON, space-padded to 8 bytes) for tensors
+    stored back to back in this order; ``metadata`` becomes ``__metadata__``."""
+    meta: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
     for name, shape, dt in zip(names, shapes, dtypes, strict=True):
         size = int(np.prod(shape)) * np.dtype(dt).itemsize
         meta[name] = {"dtype": _DTYPES[np.dtype(dt).name], "shape": list(shape),
@@ -237,7 +272,7 @@ def _write_safetensors(out: Path, names, shapes, dtypes, grown: Callable[[int], 
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as w:
-            w.write(_header(names, shapes, dtypes))
+            w.write(safetensors_header(names, shapes, dtypes))
             for j in range(len(names)):
                 w.write(np.ascontiguousarray(grown(j)).tobytes())
         os.replace(tmp, out)
@@ -313,7 +348,7 @@ def grow_stream(
     *,
     width: dict[str, int] | None = None,
     depth: dict[str, int] | None = None,
-    method: str | Method = "exact",
+    method: str | Method = DEFAULT_METHOD,
     key: int = 0,
     meta: dict | None = None,
     out_format: str | None = None,

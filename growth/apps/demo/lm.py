@@ -27,6 +27,7 @@ from flax import nnx
 from growth.apps.demo.mlp import compare_runs, n_params, plot_curves, write_run_dir
 from growth.engine import apply_plan, plan_growth
 from growth.formats.checkpoint import save_checkpoint
+from growth.methods import DEFAULT_METHOD
 from growth.models import (
     config_to_dict,
     get_family,
@@ -61,7 +62,7 @@ class LMDemoConfig:
     batch: int = 32
     width_factor: int = 2
     depth_factor: int = 2
-    method: str = "exact"
+    method: str = DEFAULT_METHOD
     small_steps: int = 2000
     steps: int = 2000
     lr: float = 3e-3

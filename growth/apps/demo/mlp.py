@@ -32,7 +32,7 @@ from growth.apps.commands import (
     train_model,
     verify_checkpoint,
 )
-from growth.methods import get_method
+from growth.methods import DEFAULT_METHOD, get_method
 from growth.models import get_family, init_model, params_of
 from growth.models.resmlp import ResMLPConfig
 from growth.tasks.data import load_dataset
@@ -47,7 +47,7 @@ class DemoConfig:
     depth: int = 2
     width_factor: int = 4
     depth_factor: int = 2
-    method: str = "exact"
+    method: str = DEFAULT_METHOD
     sigma: float | None = 4.0  # zero-sum size; safe for this shallow model (see Method.sigma)
     mup: bool = True  # muP-Adam LR multipliers (base = small widths) for both large models
     small_steps: int = 3000

@@ -43,16 +43,19 @@ from growth.errors import CheckpointError, GrowthError
 from growth.formats.hf.io import (  # noqa: F401  (CONFIG, WEIGHTS, SUPPORTED: public names here too)
     CONFIG,
     DECODERS,
+    DEFAULT_SHARD_SIZE,
     SUPPORTED,
     WEIGHTS,
     read_config,
     read_tensors,
     refuse_unused,
+    resized_side_files,
     write_checkpoint,
 )
 from growth.formats.hf.io import PRIVATE as _PRIVATE
 from growth.formats.hf.io import numpy_tree as _numpy_tree
 from growth.formats.hf.io import parse_growth_targets as _targets
+from growth.methods import DEFAULT_METHOD
 from growth.spec import LeafSpec, NeuronSpec
 
 # (internal name, HF suffix under encoder.layer.{i}.)
@@ -247,11 +250,16 @@ def save_hf(
     config: Mapping[str, Any],
     *,
     overwrite: bool = False,
+    shard_size: int | str = DEFAULT_SHARD_SIZE,
+    source: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``params`` + ``config`` (as from :func:`load_hf`) as a HF checkpoint directory.
 
     Atomic: written into ``<path>.tmp-<random>`` and renamed into place, so ``path`` is either
-    absent, the old checkpoint or the complete new one. Returns the path.
+    absent, the old checkpoint or the complete new one. Shards of at most ``shard_size`` bytes
+    with ``model.safetensors.index.json`` when the model is larger (else ``model.safetensors``).
+    ``source``: a checkpoint directory whose non-weight files (tokenizer, generation config,
+    sentence-transformers modules...) are carried over. Returns the path.
     """
     if Path(path).exists() and not overwrite:
         raise CheckpointError(f"{str(path)!r} exists; pass overwrite=True (--overwrite)")
@@ -263,7 +271,12 @@ def save_hf(
         tensors = _to_tensors(params, config)
     public = {k: v for k, v in config.items() if k != _PRIVATE}
     metadata = config.get(_PRIVATE, {}).get("metadata") or {"format": "pt"}
-    return write_checkpoint(path, tensors, public, metadata, overwrite=overwrite)
+    hidden = public.get("hidden_size", public.get("n_embd"))
+    side = resized_side_files(Path(source), hidden) if source is not None and hidden else {}
+    return write_checkpoint(
+        path, tensors, public, metadata, overwrite=overwrite, shard_size=shard_size,
+        source=source, side_files=side,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,21 +302,43 @@ def grow_hf(
     *,
     width: Any = "x2",
     depth: Any = None,
-    method: str = "copy",
+    depth_slices: Any = None,
+    method: str = DEFAULT_METHOD,
     seed: int = 0,
     new_block_ln: str = "copy",
     overwrite: bool = False,
+    shard_size: int | str = DEFAULT_SHARD_SIZE,
 ):
-    """Grow a HF BERT, GPT-2 or Llama checkpoint directory into ``out``; returns the report.
+    """Grow a HF BERT, GPT-2, Llama, Mistral or Qwen2 checkpoint directory (``model.safetensors``
+    or sharded) into ``out``; returns the report. The output keeps the source's dtypes, is
+    sharded at ``shard_size`` and carries the source's non-weight files; ``config.json`` changes
+    only in the sizes (and eps) that growth changes.
 
     width: ``{"d": 768, "heads": 24, "ff": 3072}``, a factor (``2`` / ``"x2"``: every width
-    space) or ``"d=768,heads=24,ff=x2"``. depth: ``{"layers": 12}``, a factor or a string.
-    new_block_ln: LayerNorms of inserted blocks (depth rule ``identity``): ``"copy"`` (the
+    space) or ``"d=768,heads=24,ff=x2"``. depth: ``{"layers": 12}``, a factor or a string; the
+    new blocks follow the method's depth rule (``identity``: zero-output copies after each
+    block; ``llama-pro``: spread evenly, LLaMA-Pro). depth_slices (decoders): ``"0:24,8:32"``,
+    mergekit passthrough / SOLAR slice stacking. GPT-2 / Llama / Mistral / Qwen2 stream one
+    tensor at a time (:func:`growth.formats.hf.stream.grow_decoder_stream`), exact with
+    ``copy`` / ``exact`` and identity-style depth rules. BERT is grown in memory.
+    new_block_ln: LayerNorms of inserted BERT blocks (depth rule ``identity``): ``"copy"`` (the
     engine's copy of the source block) or ``"unit"`` (first LayerNorm gain 1, bias 0). Neither is
-    exact in post-LN BERT; the report says so. GPT-2 / Llama (pre-norm): width spaces ``d``,
-    ``heads``, ``ff``, depth ``layers``; exact with ``copy`` / ``exact`` (see
-    :func:`growth.formats.hf.decoder.grow_decoder`).
+    exact in post-LN BERT; the report says so.
     """
+    if read_config(Path(src)).get("model_type") in DECODERS:
+        if new_block_ln != "copy":
+            raise GrowthError(
+                f"new_block_ln={new_block_ln!r}: only for post-LN BERT; pre-norm decoder blocks "
+                "with zeroed residual outputs are exact identities"
+            )
+        from growth.formats.hf.stream import grow_decoder_stream
+
+        return grow_decoder_stream(
+            src, out, width=width, depth=depth, depth_slices=depth_slices, method=method,
+            seed=seed, overwrite=overwrite, shard_size=shard_size,
+        )  # fmt: skip
+    if depth_slices not in (None, ""):
+        raise GrowthError("depth_slices (--depth-slices): GPT-2/Llama/Mistral/Qwen2 only")
     params, config, spec = load_hf(src)
     grown, cfg, plan = grow_params(
         params,
@@ -315,7 +350,7 @@ def grow_hf(
         seed=seed,
         new_block_ln=new_block_ln,
     )
-    save_hf(out, grown, cfg, overwrite=overwrite)
+    save_hf(out, grown, cfg, overwrite=overwrite, shard_size=shard_size, source=src)
     return plan.report
 
 
@@ -326,7 +361,7 @@ def grow_params(
     *,
     width: Any = "x2",
     depth: Any = None,
-    method: str = "copy",
+    method: str = DEFAULT_METHOD,
     seed: int = 0,
     new_block_ln: str = "copy",
 ):

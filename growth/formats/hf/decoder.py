@@ -37,25 +37,38 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
+from growth.formats.hf.io import INDEX, WEIGHTS, Tensors, read_config, refuse_unused
 from growth.formats.hf.io import PRIVATE as _PRIVATE
-from growth.formats.hf.io import WEIGHTS, read_config, read_tensors, refuse_unused
 from growth.formats.hf.io import numpy_tree as _numpy_tree
 from growth.formats.hf.io import parse_growth_targets as _targets
-from growth.formats.hf.layout import HEAD, LAYOUT, PREFIX, TOP, decoder_config, hf_config
+from growth.formats.hf.layout import (
+    BLOCK,
+    HEAD,
+    PREFIX,
+    block_units,
+    decoder_config,
+    hf_config,
+    top_units,
+)
+from growth.methods import DEFAULT_METHOD
 from growth.models import decoder
 from growth.models.decoder import DecoderConfig
 from growth.spec import NeuronSpec
 
-# per-layer non-parameter tensors, checked on import and regenerated on export (_buffer)
-_BUFFERS = {"gpt2": ("attn.bias", "attn.masked_bias"), "llama": ("self_attn.rotary_emb.inv_freq",)}
+# per-layer non-parameter tensors, checked on import and regenerated on export (buffer_value)
+_ROTARY = ("self_attn.rotary_emb.inv_freq",)
+_BUFFERS = {"gpt2": ("attn.bias", "attn.masked_bias"), "llama": _ROTARY, "mistral": _ROTARY,
+            "qwen2": _ROTARY}  # fmt: skip
+# Qwen2 leaves of our decoder (bias=True) that the checkpoint does not hold: zeros on import
+_ABSENT = {"qwen2": ("bo", "b_gate", "b_up", "b_down")}
 
 
-def _buffer(kind: str, suffix: str, c: DecoderConfig, rec: Mapping[str, Any]) -> np.ndarray:
+def buffer_value(kind: str, suffix: str, c: DecoderConfig, rec: Mapping[str, Any]) -> np.ndarray:
     """The value HF stores for a buffer: GPT-2's causal mask ``tril(1)`` [1, 1, P, P] and
     ``masked_bias`` (a constant), Llama's ``inv_freq = theta^(-2i/hd)`` (recorded values)."""
     if suffix == "attn.bias":
@@ -63,88 +76,121 @@ def _buffer(kind: str, suffix: str, c: DecoderConfig, rec: Mapping[str, Any]) ->
     return np.asarray(rec["values"], rec["dtype"]).reshape(rec["shape"])
 
 
+class Checked(NamedTuple):
+    """What :func:`check_tensors` found: model type, decoder config, key prefix (``""`` when
+    the checkpoint has none), buffer records and whether ``lm_head.weight`` is stored (tied)."""
+
+    kind: str
+    c: DecoderConfig
+    prefix: str
+    buffers: dict[str, dict]
+    head_in_file: bool
+
+    def key(self, unit_key: str, layer: int | None = None) -> str:
+        """The checkpoint key of a unit's tensor (of block ``layer``, or top-level)."""
+        if layer is not None:
+            return f"{self.prefix}{BLOCK[self.kind]}.{layer}.{unit_key}"
+        return unit_key if unit_key == HEAD else self.prefix + unit_key
+
+
+def check_tensors(path: Path, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Checked:
+    """Check the (lazy) tensors of a decoder checkpoint against ``config.json`` before any
+    weight is read: every tensor of the layout present with the shape the config implies,
+    buffers standard, a stored readout of a tied model equal to the embedding, nothing else.
+    Reads only the buffers (and, for a tied model storing ``lm_head.weight``, both tensors)."""
+    kind = config["model_type"]
+    c = decoder_config(config)
+    pre = PREFIX[kind] if any(k.startswith(PREFIX[kind]) for k in tensors) else ""
+    chk = Checked(kind, c, pre, {}, HEAD in tensors)
+    where = path / (WEIGHTS if (path / WEIGHTS).is_file() else INDEX)
+    used: set[str] = set()
+
+    def take(key: str, shape: tuple[int, ...]) -> Any:
+        if key not in tensors:
+            raise CheckpointError(f"{where}: missing tensor {key!r}")
+        if tuple(tensors[key].shape) != tuple(shape):
+            raise CheckpointError(
+                f"{where}: tensor {key!r} has shape {tuple(tensors[key].shape)}, config.json "
+                f"implies {tuple(shape)}"
+            )
+        used.add(key)
+        return tensors[key]
+
+    for u in block_units(kind, c):
+        for i in range(c.n_layers):
+            take(chk.key(u.hf, i), u.shape(c))
+    for u in top_units(kind, c):
+        take(chk.key(u.hf), u.shape(c))
+    if not c.tied and not chk.head_in_file:
+        raise CheckpointError(
+            f"{where}: missing {HEAD!r} (tie_word_embeddings is false; a base model without a "
+            "readout is not supported)"
+        )
+    if c.tied and chk.head_in_file:
+        emb = np.asarray(tensors[chk.key(top_units(kind, c)[0].hf)])
+        if not np.array_equal(np.asarray(take(HEAD, emb.shape)), emb):
+            raise GrowthError(
+                f"{where}: {HEAD!r} differs from the input embedding but config.json has "
+                "tie_word_embeddings=true; set it to false"
+            )
+    for suffix in _BUFFERS[kind]:
+        if chk.key(suffix, 0) not in tensors:
+            continue
+        x = np.asarray(tensors[chk.key(suffix, 0)])
+        rec = {"dtype": str(x.dtype), "shape": list(x.shape), "values": x.ravel().tolist()}
+        if suffix == "attn.bias":
+            rec.pop("values")
+        want = buffer_value(kind, suffix, c, rec)
+        if suffix.endswith("inv_freq") and not np.allclose(x, c.freqs(), rtol=1e-5):
+            raise GrowthError(f"{where}: {chk.key(suffix, 0)} is not theta^(-2i/head_dim)")
+        for i in range(c.n_layers):
+            if not np.array_equal(np.asarray(take(chk.key(suffix, i), x.shape)), want):
+                raise GrowthError(
+                    f"{where}: buffer {chk.key(suffix, i)} is not the standard value (custom "
+                    "masks/frequencies unsupported)"
+                )
+        chk.buffers[suffix] = rec
+    refuse_unused(path, tensors, used, f"only {kind} causal-LM weights")
+    return chk
+
+
 # --------------------------------------------------------------------------------------------
 # import / export
 
 
 def load_decoder(path: str | Path) -> tuple[dict, dict, NeuronSpec]:
-    """Load a GPT-2 / Llama checkpoint -> ``(params, config, spec)``: our decoder params dict
-    (numpy), ``config.json`` plus a private ``"_mfgrow"`` entry (key prefix, buffers, dtypes,
-    metadata; not exported) and ``decoder.spec``. ``decoder_config(config)`` gives the
-    DecoderConfig, so ``model_from_params("decoder", decoder_config(config), params)`` runs it.
+    """Load a GPT-2 / Llama / Mistral / Qwen2 checkpoint (single file or sharded) ->
+    ``(params, config, spec)``: our decoder params dict (numpy), ``config.json`` plus a private
+    ``"_mfgrow"`` entry (key prefix, buffers, dtypes, metadata; not exported) and
+    ``decoder.spec``. ``decoder_config(config)`` gives the DecoderConfig, so
+    ``model_from_params("decoder", decoder_config(config), params)`` runs it.
     """
     path = Path(path)
     config = read_config(path)
-    kind = config["model_type"]
-    c = decoder_config(config)
-    tensors, metadata = read_tensors(path)
-    prefix = PREFIX[kind] if any(k.startswith(PREFIX[kind]) for k in tensors) else ""
-    used: set[str] = set()
-
-    def take(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        full = prefix + key if key != HEAD else key
-        if full not in tensors:
-            raise CheckpointError(f"{path / WEIGHTS}: missing tensor {full!r}")
-        if tuple(tensors[full].shape) != tuple(shape):
-            raise CheckpointError(
-                f"{path / WEIGHTS}: tensor {full!r} has shape {tuple(tensors[full].shape)}, "
-                f"config.json implies {tuple(shape)}"
-            )
-        used.add(full)
-        return tensors[full]
-
-    block, to_ours, _ = LAYOUT[kind]
-
-    def stacked(suffix: str, shape: tuple[int, ...]) -> np.ndarray:
-        return np.stack([take(f"{block}.{i}.{suffix}", shape) for i in range(c.n_layers)])
-
-    V, d = c.vocab, c.d_model
-    shapes = {"embed": (V, d), "pos": (c.max_len, d), "final_scale": (d,), "final_bias": (d,)}
-    params: dict[str, Any] = {"blocks": to_ours(stacked, c)}
-    params |= {ours: take(key, shapes[ours]) for ours, key in TOP[kind].items()}
-    head_in_file = HEAD in tensors
-    if not c.tied:
-        if not head_in_file:
-            raise CheckpointError(
-                f"{path / WEIGHTS}: missing {HEAD!r} (tie_word_embeddings is "
-                "false; a base model without a readout is not supported)"
-            )
-        params["head"] = take(HEAD, (V, d)).T
-    elif head_in_file and not np.array_equal(take(HEAD, (V, d)), params["embed"]):
-        raise GrowthError(
-            f"{path / WEIGHTS}: {HEAD!r} differs from the input embedding but "
-            "config.json has tie_word_embeddings=true; set it to false"
-        )
-    buffers = {}
-    for suffix in _BUFFERS[kind]:
-        key = f"{block}.0.{suffix}"
-        if prefix + key not in tensors:
-            continue
-        x = tensors[prefix + key]
-        rec = {"dtype": str(x.dtype), "shape": list(x.shape), "values": x.ravel().tolist()}
-        if suffix == "attn.bias":
-            rec.pop("values")
-        want = _buffer(kind, suffix, c, rec)
-        if suffix.endswith("inv_freq") and not np.allclose(x, c.freqs(), rtol=1e-5):
-            raise GrowthError(f"{path / WEIGHTS}: {prefix + key} is not theta^(-2i/head_dim)")
-        for i in range(c.n_layers):
-            xi = take(f"{block}.{i}.{suffix}", x.shape)
-            if not np.array_equal(xi, want):
-                raise GrowthError(
-                    f"{path / WEIGHTS}: buffer {prefix}{block}.{i}.{suffix} is not "
-                    "the standard value (custom masks/frequencies unsupported)"
-                )
-        buffers[suffix] = rec
-    refuse_unused(path, tensors, used, f"only {kind} causal-LM weights")
+    with Tensors(path) as tensors:
+        chk = check_tensors(path, config, tensors)
+        c, L = chk.c, chk.c.n_layers
+        blocks: dict[str, np.ndarray] = {}
+        for u in block_units(chk.kind, c):
+            x = np.stack([np.asarray(tensors[chk.key(u.hf, i)]) for i in range(L)])
+            blocks |= dict(zip(u.ours, u.inward(x, c), strict=True))
+        params: dict[str, Any] = {"blocks": blocks}
+        for u in top_units(chk.kind, c):
+            x = np.asarray(tensors[chk.key(u.hf)])[None]
+            params |= {n: y[0] for n, y in zip(u.ours, u.inward(x, c), strict=True)}
+        metadata = dict(tensors.metadata)
+    for name in _ABSENT.get(chk.kind, ()):
+        size = c.d_ff if name in ("b_gate", "b_up") else c.d_model
+        blocks[name] = np.zeros((L, size), blocks["wq"].dtype)
     dtypes = {k: str(v.dtype) for k, v in _flat(params).items()}
     params = _numpy_tree(params)  # own contiguous copies
     config = dict(config)
     config[_PRIVATE] = {
-        "prefix": prefix,
-        "buffers": buffers,
+        "prefix": chk.prefix,
+        "buffers": chk.buffers,
         "dtypes": dtypes,
         "metadata": metadata,
-        "head_in_file": head_in_file,
+        "head_in_file": chk.head_in_file,
     }
     return params, config, decoder.spec(c)
 
@@ -175,18 +221,22 @@ def to_tensors(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
     _check_sizes(params, c)
     priv = config.get(_PRIVATE, {})
     prefix, dtypes = priv.get("prefix", PREFIX[kind]), priv.get("dtypes", {})
+    chk = Checked(kind, c, prefix, priv.get("buffers", {}), bool(priv.get("head_in_file")))
     flat = {k: np.asarray(v) for k, v in _flat(params).items()}
     flat = {k: v.astype(dtypes.get(k, v.dtype), copy=False) for k, v in flat.items()}
-    block, _, to_hf = LAYOUT[kind]
-    stacked = to_hf({k[len("blocks/") :]: v for k, v in flat.items() if k.startswith("blocks/")})
-    out = {f"{prefix}{block}.{i}.{s}": x[i] for s, x in stacked.items() for i in range(c.n_layers)}
-    for suffix, rec in priv.get("buffers", {}).items():
-        x = _buffer(kind, suffix, c, rec)
-        out |= {f"{prefix}{block}.{i}.{suffix}": x for i in range(c.n_layers)}
-    out |= {prefix + key: flat[ours] for ours, key in TOP[kind].items()}
-    if not c.tied:
-        out[HEAD] = flat["head"].T
-    elif priv.get("head_in_file"):
+    for name in _ABSENT.get(kind, ()):
+        if np.any(flat.pop(f"blocks/{name}")):
+            raise GrowthError(f"{kind} has no {name!r} bias: params blocks/{name} must be zero")
+    out = {}
+    for u in block_units(kind, c):
+        x = u.outward(tuple(flat[f"blocks/{n}"] for n in u.ours), c)
+        out |= {chk.key(u.hf, i): x[i] for i in range(c.n_layers)}
+    for suffix, rec in chk.buffers.items():
+        x = buffer_value(kind, suffix, c, rec)
+        out |= {chk.key(suffix, i): x for i in range(c.n_layers)}
+    for u in top_units(kind, c):
+        out[chk.key(u.hf)] = u.outward(tuple(flat[n][None] for n in u.ours), c)[0]
+    if c.tied and chk.head_in_file:
         out[HEAD] = flat["embed"]
     return {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in out.items()}
 
@@ -215,13 +265,33 @@ def export_params(
 # growth
 
 
+def width_targets(c: DecoderConfig, kind: str, width: Any) -> dict[str, int]:
+    """Our spaces' targets ``{"d", "kv", "ff"}`` for a HF-level width request over ``d``,
+    ``heads`` (query heads; the kv heads grow by the same factor, the query groups keep their
+    size) and ``ff``; refuses what HF cannot express (GrowthError naming the target)."""
+    now = {"d": c.d_model, "heads": c.n_heads, "ff": c.d_ff}
+    w = now | _targets(now, width, "width")
+    if w["heads"] % c.group:
+        raise GrowthError(
+            f"width target heads={w['heads']}: must be a multiple of the query "
+            f"group size {c.group} (num_attention_heads / num_key_value_heads)"
+        )
+    if kind == "gpt2" and w["d"] != w["heads"] * c.head_dim:
+        raise GrowthError(
+            f"GPT-2 derives head_dim = n_embd / n_head = {c.head_dim}: width d="
+            f"{w['d']} needs heads={w['d'] / c.head_dim:g}, got {w['heads']}; grow "
+            "'d' and 'heads' by the same factor"
+        )
+    return {"d": w["d"], "kv": w["heads"] // c.group, "ff": w["ff"]}
+
+
 def grow_decoder(
     params: Mapping[str, Any],
     config: Mapping[str, Any],
     *,
     width: Any = "x2",
     depth: Any = None,
-    method: str = "exact",
+    method: str = DEFAULT_METHOD,
     seed: int = 0,
 ):
     """Grow imported GPT-2 / Llama params: ``(grown params, grown config, GrowthPlan)``.
@@ -235,21 +305,8 @@ def grow_decoder(
     from growth.engine import apply_plan, plan_growth
 
     c = decoder_config(config)
-    now = {"d": c.d_model, "heads": c.n_heads, "ff": c.d_ff}
-    w = now | _targets(now, width, "width")
     L = _targets({"layers": c.n_layers}, depth, "depth").get("layers", c.n_layers)
-    if w["heads"] % c.group:
-        raise GrowthError(
-            f"width target heads={w['heads']}: must be a multiple of the query "
-            f"group size {c.group} (num_attention_heads / num_key_value_heads)"
-        )
-    if config["model_type"] == "gpt2" and w["d"] != w["heads"] * c.head_dim:
-        raise GrowthError(
-            f"GPT-2 derives head_dim = n_embd / n_head = {c.head_dim}: width d="
-            f"{w['d']} needs heads={w['d'] / c.head_dim:g}, got {w['heads']}; grow "
-            "'d' and 'heads' by the same factor"
-        )
-    targets = {"d": w["d"], "kv": w["heads"] // c.group, "ff": w["ff"]}
+    targets = width_targets(c, config["model_type"], width)
     plan = plan_growth(
         params, decoder.spec(c), width=targets, depth={"blocks": L}, method=method, key=seed
     )

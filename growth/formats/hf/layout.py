@@ -1,42 +1,43 @@
-"""GPT-2 / Llama ``config.json`` <-> :class:`~growth.models.decoder.DecoderConfig`, and the
-tensor layouts between stacked HF tensors ``[L, ...]`` and our decoder's stacked leaves
-(see :mod:`growth.formats.hf.decoder` for the table and what is matched numerically).
+"""GPT-2 / Llama / Mistral / Qwen2 ``config.json`` <-> :class:`~growth.models.decoder.
+DecoderConfig`, and the tensor layouts between HF tensors and our decoder's leaves (see
+:mod:`growth.formats.hf.decoder` for the table and what is matched numerically).
 
 GPT-2 Conv1D weights are ``[in, out]`` (c_attn fuses q, k, v as ``[d, 3D]``, D = heads hd);
 Llama's torch Linear weights are ``[out, in]`` and its query head ``h = kv_i group + j`` uses kv
-head ``kv_i`` (HF ``repeat_kv``), which is our ``wq [L, d, kv, group, hd]`` order.
+head ``kv_i`` (HF ``repeat_kv``), which is our ``wq [L, d, kv, group, hd]`` order. Mistral is
+Llama's layout (plus a sliding attention window, carried unchanged by growth); Qwen2 is Llama's
+layout with q/k/v biases (no o_proj / MLP biases).
+
+A layout is a list of :class:`Unit`: one HF tensor and the leaves of ours it holds, converted in
+both directions on arrays with a leading layer axis, so the same table serves the in-memory
+import (all layers stacked) and streaming growth (one layer, axis of size 1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
 from growth.models.decoder import DecoderConfig
 
-MODEL_TYPES = ("gpt2", "llama")
-PREFIX = {"gpt2": "transformer.", "llama": "model."}
+MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+LLAMA_LIKE = ("llama", "mistral", "qwen2")
+PREFIX = {"gpt2": "transformer.", "llama": "model.", "mistral": "model.", "qwen2": "model."}
+BLOCK = {"gpt2": "h", "llama": "layers", "mistral": "layers", "qwen2": "layers"}
 GPT2_ACTS = {"gelu_new": True, "gelu_pytorch_tanh": True, "gelu_fast": True, "gelu": False}
-HEAD = "lm_head.weight"  # no model prefix in either architecture
-# non-block leaves: ours -> HF key (under PREFIX)
-TOP = {
-    "gpt2": {"embed": "wte.weight", "pos": "wpe.weight", "final_scale": "ln_f.weight",
-             "final_bias": "ln_f.bias"},
-    "llama": {"embed": "embed_tokens.weight", "final_scale": "norm.weight"},
+HEAD = "lm_head.weight"  # no model prefix in any of these architectures
+# config keys whose non-null/true value our decoder does not reproduce, per model type
+_REFUSED = {
+    "gpt2": ("add_cross_attention", "scale_attn_by_inverse_layer_idx", "sliding_window"),
+    "llama": ("sliding_window", "use_sliding_window", "partial_rotary_factor",
+              "attn_logit_softcapping"),
+    "mistral": ("partial_rotary_factor", "attn_logit_softcapping"),
+    "qwen2": ("use_sliding_window", "partial_rotary_factor", "attn_logit_softcapping"),
 }  # fmt: skip
-# config keys whose non-null/true value our decoder does not reproduce
-_REFUSED = (
-    "sliding_window",
-    "use_sliding_window",
-    "add_cross_attention",
-    "partial_rotary_factor",
-    "scale_attn_by_inverse_layer_idx",
-    "attn_logit_softcapping",
-)
 
 
 def _err(key: str, value: Any, expected: str) -> GrowthError:
@@ -72,10 +73,13 @@ def decoder_config(config: Mapping[str, Any]) -> DecoderConfig:
     kind = config.get("model_type")
     if kind not in MODEL_TYPES:
         raise GrowthError(f"model_type={kind!r}: expected one of {MODEL_TYPES}")
-    for key in _REFUSED:
+    for key in _REFUSED[kind]:
         val = config.get(key)
         if val not in (None, False) and not (key == "partial_rotary_factor" and val == 1):
             raise _err(key, val, "expected null/false (not reproduced by our decoder)")
+    types = config.get("layer_types")
+    if types is not None and set(types) - {"full_attention", "sliding_attention"}:
+        raise _err("layer_types", types, "only 'full_attention' / 'sliding_attention' layers")
     return _gpt2_config(config) if kind == "gpt2" else _llama_config(config)
 
 
@@ -109,14 +113,18 @@ def _gpt2_config(config: Mapping[str, Any]) -> DecoderConfig:
 def _llama_config(config: Mapping[str, Any]) -> DecoderConfig:
     """Llama: pre-RMSNorm, rotary (rotate-half, ``rope_theta``), SwiGLU, GQA via
     ``num_key_value_heads``, optional ``head_dim``, biases iff ``attention_bias`` (= ``mlp_bias``),
-    untied readout unless ``tie_word_embeddings``."""
+    untied readout unless ``tie_word_embeddings``. Mistral: the same; its ``sliding_window`` is
+    not applied by our decoder (it equals HF on sequences of at most that many tokens; growth
+    carries the window unchanged). Qwen2: the same with q/k/v biases (``bias=True``; the o_proj
+    and MLP biases, absent from the checkpoint, are zeros on import and must stay zero)."""
+    qwen2 = config.get("model_type") == "qwen2"
     d, L = _need(config, "hidden_size"), _need(config, "num_hidden_layers")
     H = _need(config, "num_attention_heads")
     act = config.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise _err("hidden_act", act, "expected 'silu' (SwiGLU silu(gate) * up)")
-    bias = bool(config.get("attention_bias", False))
-    if bool(config.get("mlp_bias", False)) != bias:
+    bias = qwen2 or bool(config.get("attention_bias", False))
+    if not qwen2 and bool(config.get("mlp_bias", False)) != bias:
         raise _err(
             "mlp_bias",
             config.get("mlp_bias"),
@@ -148,104 +156,140 @@ def _llama_config(config: Mapping[str, Any]) -> DecoderConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# layouts: stacked HF tensors [L, ...] <-> our stacked leaves
+# layouts: HF tensors <-> our leaves, both with a leading layer axis
 
 
-def _gpt2_in(get: Callable[[str, tuple], np.ndarray], c: DecoderConfig) -> dict:
-    L, d, H, hd, ff = c.n_layers, c.d_model, c.n_heads, c.head_dim, c.d_ff
-    D = H * hd
-    w, b = get("attn.c_attn.weight", (d, 3 * D)), get("attn.c_attn.bias", (3 * D,))
-    return {
-        "ln1_scale": get("ln_1.weight", (d,)),
-        "ln1_bias": get("ln_1.bias", (d,)),
-        "wq": w[..., :D].reshape(L, d, H, 1, hd),
-        "wk": w[..., D : 2 * D].reshape(L, d, H, hd),
-        "wv": w[..., 2 * D :].reshape(L, d, H, hd),
-        "bq": b[:, :D].reshape(L, H, 1, hd),
-        "bk": b[:, D : 2 * D].reshape(L, H, hd),
-        "bv": b[:, 2 * D :].reshape(L, H, hd),
-        "wo": get("attn.c_proj.weight", (D, d)).reshape(L, H, 1, hd, d),
-        "bo": get("attn.c_proj.bias", (d,)),
-        "ln2_scale": get("ln_2.weight", (d,)),
-        "ln2_bias": get("ln_2.bias", (d,)),
-        "w_up": get("mlp.c_fc.weight", (d, ff)),
-        "b_up": get("mlp.c_fc.bias", (ff,)),
-        "w_down": get("mlp.c_proj.weight", (ff, d)),
-        "b_down": get("mlp.c_proj.bias", (d,)),
-    }
+class Unit(NamedTuple):
+    """One HF tensor (``hf``: suffix under ``{block}.{i}.`` or a top-level key) and the leaves of
+    ours it holds. ``shape(c)``: its HF shape (no layer axis); ``inward(x, c)``: ``x [L, *shape]``
+    -> our leaves ``[L, ...]``; ``outward(leaves, c)`` the inverse (``c`` gives the sizes)."""
+
+    hf: str
+    ours: tuple[str, ...]
+    shape: Callable[[DecoderConfig], tuple[int, ...]]
+    inward: Callable[[np.ndarray, DecoderConfig], tuple[np.ndarray, ...]]
+    outward: Callable[[tuple[np.ndarray, ...], DecoderConfig], np.ndarray]
 
 
-def _gpt2_out(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    L, d = p["wq"].shape[:2]
-    flat = [p[n].reshape(L, d, -1) for n in ("wq", "wk", "wv")]
-    return {
-        "ln_1.weight": p["ln1_scale"],
-        "ln_1.bias": p["ln1_bias"],
-        "attn.c_attn.weight": np.concatenate(flat, -1),
-        "attn.c_attn.bias": np.concatenate([p[n].reshape(L, -1) for n in ("bq", "bk", "bv")], -1),
-        "attn.c_proj.weight": p["wo"].reshape(L, -1, d),
-        "attn.c_proj.bias": p["bo"],
-        "ln_2.weight": p["ln2_scale"],
-        "ln_2.bias": p["ln2_bias"],
-        "mlp.c_fc.weight": p["w_up"],
-        "mlp.c_fc.bias": p["b_up"],
-        "mlp.c_proj.weight": p["w_down"],
-        "mlp.c_proj.bias": p["b_down"],
-    }
+def _plain(hf: str, ours: str, split: Callable, perm: tuple[int, ...]) -> Unit:
+    """A 1:1 unit: HF axis k is the product of the sizes ``split(c)[k]`` (row-major), and our
+    leaf's axes are those split axes in the order ``perm``."""
+
+    def flat(c: DecoderConfig) -> list[int]:
+        return [n for group in split(c) for n in group]
+
+    def inward(x: np.ndarray, c: DecoderConfig) -> tuple[np.ndarray]:
+        return (x.reshape(x.shape[0], *flat(c)).transpose(0, *(p + 1 for p in perm)),)
+
+    def outward(leaves: tuple[np.ndarray, ...], c: DecoderConfig) -> np.ndarray:
+        (y,) = leaves
+        y = y.transpose(0, *(int(i) + 1 for i in np.argsort(perm)))
+        return y.reshape(y.shape[0], *(int(np.prod(g)) for g in split(c)))
+
+    def shape(c: DecoderConfig) -> tuple[int, ...]:
+        return tuple(int(np.prod(g)) for g in split(c))
+
+    return Unit(hf, (ours,), shape, inward, outward)
 
 
-def _llama_in(get: Callable[[str, tuple], np.ndarray], c: DecoderConfig) -> dict:
-    L, d, kv, g, hd, ff = c.n_layers, c.d_model, c.n_kv_heads, c.group, c.head_dim, c.d_ff
+def _fused(hf: str, ours: tuple[str, ...], weight: bool) -> Unit:
+    """GPT-2's ``c_attn`` (weight ``[d, 3D]`` or bias ``[3D]``) <-> ``wq|bq`` (one query per kv
+    head: ``[.., H, 1, hd]``), ``wk|bk``, ``wv|bv`` (``[.., H, hd]``)."""
+
+    def inward(x: np.ndarray, c: DecoderConfig) -> tuple[np.ndarray, ...]:
+        lead, D = x.shape[:-1], c.n_heads * c.head_dim
+        parts = [x[..., i * D : (i + 1) * D] for i in range(3)]
+        q = parts[0].reshape(*lead, c.n_heads, 1, c.head_dim)
+        return (q, *(p.reshape(*lead, c.n_heads, c.head_dim) for p in parts[1:]))
+
+    def outward(leaves: tuple[np.ndarray, ...], c: DecoderConfig) -> np.ndarray:
+        lead = leaves[0].shape[: 2 if weight else 1]
+        return np.concatenate([y.reshape(*lead, -1) for y in leaves], -1)
+
+    def shape(c: DecoderConfig) -> tuple[int, ...]:
+        D = 3 * c.n_heads * c.head_dim
+        return (c.d_model, D) if weight else (D,)
+
+    return Unit(hf, ours, shape, inward, outward)
+
+
+def _d(c):
+    return ((c.d_model,),)
+
+
+def _q(c):  # query heads: kv, group, head_dim
+    return (c.n_kv_heads, c.group, c.head_dim)
+
+
+def _kv(c):
+    return (c.n_kv_heads, c.head_dim)
+
+
+def block_units(kind: str, c: DecoderConfig) -> list[Unit]:
+    """The HF tensors of one block of a ``kind`` model with config ``c``, as units."""
+    if kind == "gpt2":
+        return [
+            _plain("ln_1.weight", "ln1_scale", _d, (0,)),
+            _plain("ln_1.bias", "ln1_bias", _d, (0,)),
+            _fused("attn.c_attn.weight", ("wq", "wk", "wv"), weight=True),
+            _fused("attn.c_attn.bias", ("bq", "bk", "bv"), weight=False),
+            _plain("attn.c_proj.weight", "wo", lambda c: (_q(c), (c.d_model,)), (0, 1, 2, 3)),
+            _plain("attn.c_proj.bias", "bo", _d, (0,)),
+            _plain("ln_2.weight", "ln2_scale", _d, (0,)),
+            _plain("ln_2.bias", "ln2_bias", _d, (0,)),
+            _plain("mlp.c_fc.weight", "w_up", lambda c: ((c.d_model,), (c.d_ff,)), (0, 1)),
+            _plain("mlp.c_fc.bias", "b_up", lambda c: ((c.d_ff,),), (0,)),
+            _plain("mlp.c_proj.weight", "w_down", lambda c: ((c.d_ff,), (c.d_model,)), (0, 1)),
+            _plain("mlp.c_proj.bias", "b_down", _d, (0,)),
+        ]
     a, m = "self_attn.", "mlp."
-    p = {
-        "ln1_scale": get("input_layernorm.weight", (d,)),
-        "wq": get(a + "q_proj.weight", (kv * g * hd, d))
-        .reshape(L, kv, g, hd, d)
-        .transpose(0, 4, 1, 2, 3),
-        "wk": get(a + "k_proj.weight", (kv * hd, d)).reshape(L, kv, hd, d).transpose(0, 3, 1, 2),
-        "wv": get(a + "v_proj.weight", (kv * hd, d)).reshape(L, kv, hd, d).transpose(0, 3, 1, 2),
-        "wo": get(a + "o_proj.weight", (d, kv * g * hd))
-        .reshape(L, d, kv, g, hd)
-        .transpose(0, 2, 3, 4, 1),
-        "ln2_scale": get("post_attention_layernorm.weight", (d,)),
-        "w_gate": get(m + "gate_proj.weight", (ff, d)).transpose(0, 2, 1),
-        "w_up": get(m + "up_proj.weight", (ff, d)).transpose(0, 2, 1),
-        "w_down": get(m + "down_proj.weight", (d, ff)).transpose(0, 2, 1),
-    }
+    ff_d = lambda c: ((c.d_ff,), (c.d_model,))  # noqa: E731
+    units = [
+        _plain("input_layernorm.weight", "ln1_scale", _d, (0,)),
+        _plain(a + "q_proj.weight", "wq", lambda c: (_q(c), (c.d_model,)), (3, 0, 1, 2)),
+        _plain(a + "k_proj.weight", "wk", lambda c: (_kv(c), (c.d_model,)), (2, 0, 1)),
+        _plain(a + "v_proj.weight", "wv", lambda c: (_kv(c), (c.d_model,)), (2, 0, 1)),
+        _plain(a + "o_proj.weight", "wo", lambda c: ((c.d_model,), _q(c)), (1, 2, 3, 0)),
+        _plain("post_attention_layernorm.weight", "ln2_scale", _d, (0,)),
+        _plain(m + "gate_proj.weight", "w_gate", ff_d, (1, 0)),
+        _plain(m + "up_proj.weight", "w_up", ff_d, (1, 0)),
+        _plain(m + "down_proj.weight", "w_down", lambda c: ((c.d_model,), (c.d_ff,)), (1, 0)),
+    ]
     if c.bias:
-        p |= {
-            "bq": get(a + "q_proj.bias", (kv * g * hd,)).reshape(L, kv, g, hd),
-            "bk": get(a + "k_proj.bias", (kv * hd,)).reshape(L, kv, hd),
-            "bv": get(a + "v_proj.bias", (kv * hd,)).reshape(L, kv, hd),
-            "bo": get(a + "o_proj.bias", (d,)),
-            "b_gate": get(m + "gate_proj.bias", (ff,)),
-            "b_up": get(m + "up_proj.bias", (ff,)),
-            "b_down": get(m + "down_proj.bias", (d,)),
-        }
-    return p
+        units += [
+            _plain(a + "q_proj.bias", "bq", lambda c: (_q(c),), (0, 1, 2)),
+            _plain(a + "k_proj.bias", "bk", lambda c: (_kv(c),), (0, 1)),
+            _plain(a + "v_proj.bias", "bv", lambda c: (_kv(c),), (0, 1)),
+        ]
+    if c.bias and kind != "qwen2":
+        units += [
+            _plain(a + "o_proj.bias", "bo", _d, (0,)),
+            *(_plain(f"{m}{n}_proj.bias", f"b_{n}", lambda c: ((c.d_ff,),), (0,))
+              for n in ("gate", "up")),
+            _plain(m + "down_proj.bias", "b_down", _d, (0,)),
+        ]  # fmt: skip
+    return units
 
 
-def _llama_out(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    L, d = p["wq"].shape[:2]
-    a, m = "self_attn.", "mlp."
-    out = {
-        "input_layernorm.weight": p["ln1_scale"],
-        a + "q_proj.weight": p["wq"].transpose(0, 2, 3, 4, 1).reshape(L, -1, d),
-        a + "k_proj.weight": p["wk"].transpose(0, 2, 3, 1).reshape(L, -1, d),
-        a + "v_proj.weight": p["wv"].transpose(0, 2, 3, 1).reshape(L, -1, d),
-        a + "o_proj.weight": p["wo"].transpose(0, 4, 1, 2, 3).reshape(L, d, -1),
-        "post_attention_layernorm.weight": p["ln2_scale"],
-        m + "gate_proj.weight": p["w_gate"].transpose(0, 2, 1),
-        m + "up_proj.weight": p["w_up"].transpose(0, 2, 1),
-        m + "down_proj.weight": p["w_down"].transpose(0, 2, 1),
-    }
-    if "bq" in p:
-        out |= {a + f"{n}_proj.bias": p[f"b{n}"].reshape(L, -1) for n in "qkvo"}
-        out |= {m + f"{n}_proj.bias": p[f"b_{n}"] for n in ("gate", "up", "down")}
-    return out
-
-
-LAYOUT = {"gpt2": ("h", _gpt2_in, _gpt2_out), "llama": ("layers", _llama_in, _llama_out)}
+def top_units(kind: str, c: DecoderConfig) -> list[Unit]:
+    """The top-level HF tensors (keys under the model prefix; ``lm_head.weight`` without it),
+    as units on arrays with a leading axis of size 1. The readout is a unit only when untied."""
+    vd = lambda c: ((c.vocab,), (c.d_model,))  # noqa: E731
+    if kind == "gpt2":
+        units = [
+            _plain("wte.weight", "embed", vd, (0, 1)),
+            _plain("wpe.weight", "pos", lambda c: ((c.max_len,), (c.d_model,)), (0, 1)),
+            _plain("ln_f.weight", "final_scale", _d, (0,)),
+            _plain("ln_f.bias", "final_bias", _d, (0,)),
+        ]
+    else:
+        units = [
+            _plain("embed_tokens.weight", "embed", vd, (0, 1)),
+            _plain("norm.weight", "final_scale", _d, (0,)),
+        ]
+    if not c.tied:
+        units.append(_plain(HEAD, "head", vd, (1, 0)))
+    return units
 
 
 def hf_config(c: DecoderConfig, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -257,6 +301,14 @@ def hf_config(c: DecoderConfig, config: Mapping[str, Any]) -> dict[str, Any]:
     kind = config["model_type"]
     out = dict(config)
     H, hd, d = c.n_heads, c.head_dim, c.d_model
+    types = config.get("layer_types")
+    if types is not None and len(types) != c.n_layers:
+        if len(set(types)) != 1:
+            raise GrowthError(
+                f"config.json layer_types mixes {sorted(set(types))}: the new layers' types are "
+                "not defined; grow only the width of such a model"
+            )
+        out["layer_types"] = [types[0]] * c.n_layers
     if not np.isclose(c.attn_scale, hd**-0.5, rtol=1e-9, atol=0) and not (
         kind == "gpt2" and c.attn_scale == 1.0 and not config.get("scale_attn_weights", True)
     ):
