@@ -90,12 +90,17 @@ def write_llama(
     v5_rope=False,
     theta=1000.0,
     seed=0,
+    model_type="llama",
+    qkv_bias=False,
+    dtype=np.float32,
     **extra,
 ):
+    """A random Llama-layout checkpoint (``model_type`` llama / mistral / qwen2; ``qkv_bias``:
+    Qwen2's q/k/v biases alone; ``bias``: biases on every projection)."""
     rng = np.random.default_rng(seed)
 
     def r(*shape, s=0.5, mean=0.0):
-        return (mean + s * rng.standard_normal(shape)).astype(np.float32)
+        return (mean + s * rng.standard_normal(shape)).astype(dtype)
 
     KV, h = KV or H, hd or d // H
     t = {"embed_tokens.weight": r(V, d)}
@@ -112,18 +117,21 @@ def write_llama(
             m + "gate_proj.weight": r(ff, d, s=d**-0.5), m + "up_proj.weight": r(ff, d, s=d**-0.5),
             m + "down_proj.weight": r(d, ff, s=ff**-0.5),
         }  # fmt: skip
-        if bias:
+        if bias or qkv_bias:
             t |= {a + "q_proj.bias": r(H * h, s=0.2), a + "k_proj.bias": r(KV * h, s=0.2),
-                  a + "v_proj.bias": r(KV * h, s=0.2), a + "o_proj.bias": r(d, s=0.2),
-                  m + "gate_proj.bias": r(ff, s=0.2), m + "up_proj.bias": r(ff, s=0.2),
-                  m + "down_proj.bias": r(d, s=0.2)}  # fmt: skip
+                  a + "v_proj.bias": r(KV * h, s=0.2)}  # fmt: skip
+        if bias:
+            t |= {a + "o_proj.bias": r(d, s=0.2), m + "gate_proj.bias": r(ff, s=0.2),
+                  m + "up_proj.bias": r(ff, s=0.2), m + "down_proj.bias": r(d, s=0.2)}  # fmt: skip
         if inv_freq:
             inv = 1.0 / theta ** (np.arange(0, h, 2, dtype=np.float32) / h)
             t[a + "rotary_emb.inv_freq"] = inv.astype(np.float32)
     t["norm.weight"] = r(d, s=0.2, mean=1)
     if not tied:
         t["lm_head.weight"] = r(V, d)
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": V,
+    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+            "qwen2": "Qwen2ForCausalLM"}[model_type]  # fmt: skip
+    config = {"model_type": model_type, "architectures": [arch], "vocab_size": V,
               "hidden_size": d, "intermediate_size": ff, "num_hidden_layers": L,
               "num_attention_heads": H, "num_key_value_heads": KV, "hidden_act": "silu",
               "max_position_embeddings": 32, "rms_norm_eps": 1e-6, "tie_word_embeddings": tied,

@@ -55,7 +55,8 @@ def _families_text() -> str:
           mlp           plain ReLU MLP (spaces h1, h2, ...)
           resmlp        pre-LN residual MLP (spaces d: stream, h: block hidden; depth: blocks)
           decoder       GPT-style decoder (LayerNorm/RMSNorm, MHA/GQA, rotary, SwiGLU, tied)
-          HF (--from-hf) BERT, GPT-2, Llama safetensors directories""")
+          HF (--from-hf) BERT, GPT-2, Llama, Mistral, Qwen2 safetensors directories
+                        (single file or sharded; decoders stream one tensor at a time)""")
 
 
 def _datasets_text() -> str:
@@ -112,7 +113,14 @@ def _cmd_grow(a: argparse.Namespace) -> int:
             raise GrowthError("--from-hf DIR and --to-hf OUT go together, without a checkpoint")
         from growth.formats.hf import grow_hf
 
+        if a.depth_slices:
+            kw["depth"] = None
+        kw["depth_slices"] = a.depth_slices
+        if a.shard_size is not None:
+            kw["shard_size"] = a.shard_size
         report, path = grow_hf(a.from_hf, a.to_hf, **kw), a.to_hf
+    elif a.depth_slices or a.shard_size is not None:
+        raise GrowthError("--depth-slices and --shard-size apply to --from-hf checkpoints")
     elif not a.checkpoint or not a.out:
         raise GrowthError("grow grow needs CHECKPOINT and --out (or --from-hf DIR --to-hf OUT)")
     else:
@@ -224,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
         "examples:\n"
         "  grow grow runs/small --width x4 --depth x2 --out runs/big\n"
         "  grow grow runs/small --width d=64,h=x2 --depth '' --method exact:sigma=4 --out runs/b\n"
-        "  grow grow --from-hf MINILM_DIR --to-hf runs/minilm2x --width x2 --depth ''",
+        "  grow grow --from-hf MINILM_DIR --to-hf runs/minilm2x --width x2 --depth ''\n"
+        "  grow grow --from-hf LLAMA --to-hf runs/dus --width '' --depth-slices 0:24,8:32\n"
+        "  grow grow --from-hf LLAMA --to-hf runs/pro --width '' --depth layers=40 "
+        "--method copy:depth=llama-pro",
     )  # fmt: skip
     g.add_argument("checkpoint", nargs="?", help="an mfgrow checkpoint (or use --from-hf)")
     g.add_argument("--from-hf", default=None, help="HF BERT/GPT-2/Llama directory to grow")
@@ -233,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--depth", default="x2", help="'x2', or 'blocks=6'; '' for no depth growth")
     g.add_argument("--method", default=DEFAULT_METHOD, help=METHOD_HELP)
     g.add_argument("--seed", type=int, default=0, help="seed of the method's random draws")
+    g.add_argument(
+        "--depth-slices", default=None,
+        help="HF decoders: stack these half-open source layer ranges, e.g. '0:24,8:32' "
+        "(SOLAR depth up-scaling, mergekit passthrough); replaces --depth",
+    )  # fmt: skip
+    g.add_argument("--shard-size", default=None,
+                   help="HF output: largest safetensors shard ('5GB', '500MB', bytes; default: "
+                   "growth.formats.hf.io.DEFAULT_SHARD_SIZE, Hugging Face's)")  # fmt: skip
     g.add_argument("--out", default=None, help="grown checkpoint directory")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
     g.set_defaults(func=_cmd_grow)

@@ -21,6 +21,10 @@ Llama (Touvron et al. 2023; HF ``LlamaForCausalLM``), pre-RMSNorm, torch Linear 
                 x += softmax_causal(q k^T hd^-1/2) v Wo^T
                 x += (silu(b Wg^T) * (b Wu^T)) Wd^T,  b = RMS(x) g_2
     logits = RMS(x) g_f lm_head^T   (E^T when tied)
+
+Mistral (Jiang et al. 2023; HF ``MistralForCausalLM``): Llama with sliding-window attention,
+position t sees positions s with ``t - W < s <= t`` (``sliding_window`` W; null: all). Qwen2
+(HF ``Qwen2ForCausalLM``): Llama with biases on q, k and v (applied when present in the file).
 """
 
 from __future__ import annotations
@@ -56,11 +60,16 @@ def gelu(x: np.ndarray, flavour: str = "gelu_new") -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
-    """q, k, v [B, heads, T, hd] -> [B, heads, T, hd]; position t sees positions <= t."""
+def causal_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, window: int | None = None
+) -> np.ndarray:
+    """q, k, v [B, heads, T, hd] -> [B, heads, T, hd]; position t sees positions s <= t (and
+    ``s > t - window`` with a sliding window)."""
     s = np.einsum("bhtd,bhsd->bhts", q, k) * scale
     T = q.shape[2]
-    s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
+    t, r = np.arange(T)[:, None], np.arange(T)[None, :]
+    seen = (r <= t) & ((r > t - window) if window else True)
+    s = np.where(seen, s, -np.inf)
     s = np.exp(s - s.max(-1, keepdims=True))
     return np.einsum("bhts,bhsd->bhtd", s / s.sum(-1, keepdims=True), v)
 
@@ -115,6 +124,7 @@ def llama_logits(tensors: Mapping[str, np.ndarray], config: Mapping, ids: np.nda
     eps = float(config.get("rms_norm_eps", 1e-6))
     rp = config.get("rope_parameters") or {}
     theta = float(rp.get("rope_theta", config.get("rope_theta", 10000.0)))
+    window = config.get("sliding_window") if config["model_type"] == "mistral" else None
     B, T = ids.shape
     inv = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
     ang = np.arange(T, dtype=np.float64)[:, None] * np.concatenate([inv, inv])[None]
@@ -128,7 +138,7 @@ def llama_logits(tensors: Mapping[str, np.ndarray], config: Mapping, ids: np.nda
         v = lin(a, p + "self_attn.v_proj").reshape(B, T, KV, hd).transpose(0, 2, 1, 3)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         rep = np.arange(H) // (H // KV)  # query head h uses kv head h // group
-        o = causal_attention(q, k[:, rep], v[:, rep], hd**-0.5)
+        o = causal_attention(q, k[:, rep], v[:, rep], hd**-0.5, window)
         x = x + lin(o.transpose(0, 2, 1, 3).reshape(B, T, H * hd), p + "self_attn.o_proj")
         b = rms_norm(x, t(p + "post_attention_layernorm.weight"), eps)
         g = lin(b, p + "mlp.gate_proj")
@@ -139,14 +149,29 @@ def llama_logits(tensors: Mapping[str, np.ndarray], config: Mapping, ids: np.nda
     return x @ (t("embed_tokens.weight") if tied or head not in tensors else _f64(tensors[head])).T
 
 
-def reference_logits(path: str | Path, ids: np.ndarray) -> np.ndarray:
-    """Logits of the checkpoint directory ``path`` (GPT-2 or Llama) for ids [B, T]."""
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(config, tensors)`` of a HF checkpoint directory: ``model.safetensors`` or the shards
+    named by ``model.safetensors.index.json`` (read with ``safetensors.numpy``)."""
     import json
 
     from safetensors.numpy import load_file
 
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
-    tensors = load_file(str(path / "model.safetensors"))
-    fn = {"gpt2": gpt2_logits, "llama": llama_logits}[config["model_type"]]
+    if (path / "model.safetensors").exists():
+        return config, load_file(str(path / "model.safetensors"))
+    index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+    tensors = {}
+    for file in sorted(set(index.values())):
+        tensors |= load_file(str(path / file))
+    assert set(tensors) == set(index), "index and shards disagree"
+    return config, tensors
+
+
+def reference_logits(path: str | Path, ids: np.ndarray) -> np.ndarray:
+    """Logits of the checkpoint directory ``path`` (GPT-2, Llama, Mistral or Qwen2; single file
+    or sharded) for ids [B, T]."""
+    config, tensors = read_checkpoint(path)
+    fn = {"gpt2": gpt2_logits, "llama": llama_logits, "mistral": llama_logits,
+          "qwen2": llama_logits}[config["model_type"]]  # fmt: skip
     return fn(tensors, config, np.asarray(ids))
