@@ -125,10 +125,10 @@ def depth_map(rule: str, L: int, L_new: int) -> DepthMap:
 
 def _expansion_sources(L: int, L_new: int) -> np.ndarray:
     """Source block of each of the L_new blocks of a LLaMA-Pro expansion: new block k
-    (k < P = L_new - L) follows block ``a_k = floor((k + 1) L / P) - 1``, the last block of the
+    (k < P = L_new - L) follows block ``a_k = ceil((k + 1) L / P) - 1``, the last block of the
     k-th of P even groups (several new blocks follow one block when P > L)."""
     P = L_new - L
-    anchors = (np.arange(1, P + 1) * L) // P - 1
+    anchors = -(-(np.arange(1, P + 1) * L) // P) - 1
     extra = np.bincount(anchors, minlength=L)
     return np.repeat(np.arange(L), 1 + extra)
 

@@ -67,6 +67,13 @@ def test_width_growth_keeps_embeddings(minilm, tmp_path):
         24,
         3072,
     )
+    # non-weight files carried: tokenizer, sentence-transformers modules (the pooling module's
+    # dimension follows the new hidden size), model card
+    for name in ("tokenizer.json", "vocab.txt", "modules.json", "README.md"):
+        assert (tmp_path / "g" / name).read_bytes() == (src / name).read_bytes(), name
+    pool0 = json.loads((src / "1_Pooling" / "config.json").read_text())
+    pool = json.loads((tmp_path / "g" / "1_Pooling" / "config.json").read_text())
+    assert pool == pool0 | {"word_embedding_dimension": 768} and pool0["word_embedding_dimension"]
     pooled = bert.mean_pool(bert.hidden_states(g, gc, ids, mask), mask, normalize=False)
     # balanced copies: every source unit appears twice; fold them back into the 384-d space
     _, _, plan = hf.grow_params(params, config, hf.bert_spec(), width={"d": 768})
@@ -98,12 +105,51 @@ def test_wordpiece_matches_fast_tokenizer():
     assert np.array_equal(a, b) and np.array_equal(ma, mb)
 
 
+def test_sharded_bert_in_and_out(minilm, tmp_path):
+    """A sharded BERT source (index + 2 files) grown with no size change comes back as the same
+    tensors, sharded at --shard-size, with every non-weight file carried unchanged."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    src, params, config, _ = minilm
+    sharded = tmp_path / "sharded"
+    shutil.copytree(src, sharded)
+    tensors = load_file(str(sharded / hf.WEIGHTS))
+    (sharded / hf.WEIGHTS).unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for i, group in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+        file = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in group}, str(sharded / file), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(group, file)
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    hf.grow_hf(sharded, tmp_path / "out", width="", method="copy", shard_size="30MB")
+    out = tmp_path / "out"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    per_file = {f: [k for k, v in index["weight_map"].items() if v == f] for f in files}
+    # each shard within the limit (plus its header), unless one tensor alone exceeds it
+    assert len(files) >= 3
+    assert all((out / f).stat().st_size <= 30e6 + 1e4 or len(per_file[f]) == 1 for f in files)
+    assert any(len(v) == 1 and (out / f).stat().st_size > 30e6 for f, v in per_file.items())
+    grown = {}
+    for f in files:
+        grown |= load_file(str(out / f))
+    assert grown.keys() == tensors.keys()
+    assert all(np.array_equal(grown[k], tensors[k]) for k in tensors)
+    carried = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    for rel in carried:
+        if rel != hf.WEIGHTS:
+            assert (out / rel).read_bytes() == (src / rel).read_bytes(), rel
+
+
 def test_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no such directory"):
         hf.load_hf(tmp_path / "nope")
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(CheckpointError, match="missing 'model.safetensors'"):
+    with pytest.raises(CheckpointError, match=r"missing 'model.safetensors' \(or 'model.safe"):
         hf.load_hf(tmp_path / "m")
     from safetensors.numpy import save_file
 

@@ -13,7 +13,14 @@ from conftest import abstract_params, model_fn, random_params, rel_err, tree_equ
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from growth.depth import DEPTH_RULES, depth_map
+from growth.depth import (
+    DEPTH_RULES,
+    EXACT_DEPTH_RULES,
+    depth_map,
+    parse_slices,
+    slice_map,
+    slices_exact,
+)
 from growth.engine import grow
 from growth.errors import GrowthError, SpecError
 from growth.methods import METHODS, Method, get_method
@@ -198,9 +205,10 @@ def test_depth_rules_identity_exact_others_change_function() -> None:
             method=Method(symmetry="none", depth=rule),
         )
         assert new["w1"].shape == (7, 6, 8) and new["b2"].shape == (7, 6)
-        assert report.function_preserving == (rule == "identity"), (rule, report)
-    assert errs["identity"] <= TOL
-    for rule in set(DEPTH_RULES) - {"identity"}:
+        assert report.function_preserving == (rule in EXACT_DEPTH_RULES), (rule, report)
+    for rule in EXACT_DEPTH_RULES:
+        assert errs[rule] <= TOL, errs
+    for rule in set(DEPTH_RULES) - set(EXACT_DEPTH_RULES):
         assert errs[rule] > 1e-3, errs
 
 
@@ -253,17 +261,69 @@ def test_depth_map_structure(rule: str, L: int, L_new: int) -> None:
     np.testing.assert_allclose(mix.sum(1), 1.0, rtol=1e-6)  # every new block is a source mix
     if rule in ("identity", "duplicate"):  # each source's live outputs sum to one step
         np.testing.assert_allclose((mix * scale[:, None]).sum(0), 1.0, rtol=1e-6)
-    if rule == "identity":  # one live copy, the others are zeroed
+    if rule in EXACT_DEPTH_RULES:  # one live copy of each block, the others are zeroed
+        np.testing.assert_array_equal((mix * scale[:, None]).sum(0), np.ones(L))
         assert scale.sum() == L and set(scale.tolist()) <= {0.0, 1.0}
+        src = mix.argmax(1)
+        assert np.all(np.diff(src) >= 0)  # blocks keep their order
+        assert np.all(src[scale == 0] == src[np.flatnonzero(scale == 0) - 1])  # copy follows
     if L == L_new and rule != "stack":
         np.testing.assert_array_equal(mix, np.eye(L))
         np.testing.assert_array_equal(scale, np.ones(L))
 
 
+@settings(max_examples=30, deadline=None)
+@given(L=st.integers(1, 40), P=st.integers(1, 40))
+def test_llama_pro_spreads_new_blocks_evenly(L: int, P: int) -> None:
+    """LLaMA-Pro: P zero-output copies, one after the last block of each of P even groups
+    (group ends ceil((k + 1) L / P) - 1), so the gaps between them differ by at most one."""
+    mix, scale = (np.asarray(a) for a in depth_map("llama-pro", L, L + P))
+    src = mix.argmax(1)
+    new = np.flatnonzero(scale == 0)
+    assert len(new) == P
+    anchors = src[new]
+    np.testing.assert_array_equal(anchors, np.ceil(np.arange(1, P + 1) * L / P).astype(int) - 1)
+    if P <= L:
+        gaps = np.diff(np.concatenate([[-1], anchors]))
+        assert gaps.max() - gaps.min() <= 1 and len(set(anchors)) == P
+    ident = depth_map("identity", L, L + P)  # identity puts the copies after the first blocks
+    if P < L and L // P > 1:
+        assert not np.array_equal(np.asarray(ident.mix), mix)
+
+
+@settings(max_examples=30, deadline=None)
+@given(L=st.integers(1, 12), data=st.data())
+def test_slice_map_is_passthrough(L: int, data) -> None:
+    """Stacking half-open ranges: output block m copies source block src[m], unscaled; exact
+    iff the ranges concatenate to 0..L-1."""
+    k = data.draw(st.integers(1, 4))
+    slices = []
+    for _ in range(k):
+        a = data.draw(st.integers(0, L - 1))
+        slices.append((a, data.draw(st.integers(a + 1, L))))
+    text = ",".join(f"{a}:{b}" for a, b in slices)
+    assert parse_slices(text) == tuple(slices)
+    mix, scale = (np.asarray(x) for x in slice_map(L, text))
+    src = [i for a, b in slices for i in range(a, b)]
+    np.testing.assert_array_equal(mix, np.eye(L, dtype=np.float32)[src])
+    np.testing.assert_array_equal(scale, np.ones(len(src)))
+    assert slices_exact(L, slices) == (src == list(range(L)))
+
+
+def test_slice_map_bad_input() -> None:
+    assert slices_exact(4, [(0, 2), (2, 4)]) and not slices_exact(4, [(0, 3), (1, 4)])
+    for bad, match in (("0:5", "0 <= START < END <= 4"), ("2:2", "START < END"),
+                       ("1-3", "START:END"), ("a:b", "START:END"), ("", "START:END")):  # fmt: skip
+        with pytest.raises(GrowthError, match=match):
+            slice_map(4, bad)
+    with pytest.raises(GrowthError, match="at least one"):
+        slice_map(4, [])
+
+
 def test_depth_rules_that_cannot_shrink_raise_and_interpolate_shrinks() -> None:
     cfg = RES.config(input_dim=3, width=4, hidden=6, depth=4, num_classes=2)
     params = random_params("resmlp", cfg, 0)
-    for rule in ("identity", "duplicate", "stack"):
+    for rule in ("identity", "duplicate", "stack", "llama-pro"):
         with pytest.raises(GrowthError, match=rf"'{rule}' cannot shrink 4 -> 2"):
             grow(params, RES.spec(cfg), depth={"blocks": 2}, method=Method(depth=rule))
     new, report = grow(
