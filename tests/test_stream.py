@@ -47,6 +47,21 @@ def test_streaming_equals_in_memory(tmp_path, method):
     _assert_same(load_checkpoint(tmp_path / "out")[0], in_memory)
 
 
+def test_streaming_padded_norm_width_equals_in_memory(tmp_path):
+    """d 8 -> 12 under LayerNorm: a padded map, whose norm kind lives on leaves other than the
+    one being grown (regression: leaf-by-leaf growth used to refuse it)."""
+    flat, spec = _flat_resmlp()
+    save_file(flat, str(tmp_path / "src.safetensors"))
+    target = dict(width={"d": 12}, method="exact", key=1)
+    report = grow_stream(tmp_path / "src.safetensors", tmp_path / "out.safetensors", spec,
+                         **target)  # fmt: skip
+    assert report.eps_scale  # padded: the eps factor is reported
+    streamed = load_file(str(tmp_path / "out.safetensors"))
+    in_memory, _ = growth.grow(flat, spec, **target)
+    for name, x in in_memory.items():
+        assert np.array_equal(streamed[name], np.asarray(x)), name
+
+
 def test_streaming_errors_leave_nothing(tmp_path):
     flat, spec = _flat_resmlp()
     with pytest.raises(CheckpointError, match="no such"):
