@@ -292,6 +292,13 @@ def top_units(kind: str, c: DecoderConfig) -> list[Unit]:
     return units
 
 
+def _changed(out: dict, config: Mapping[str, Any], key: str, value: Any, default: Any) -> None:
+    """Set ``out[key] = value`` when ``config`` states the key or ``value`` differs from what HF
+    assumes without it (``default``), so that ``config.json`` changes only where growth does."""
+    if key in config or value != default:
+        out[key] = value
+
+
 def hf_config(c: DecoderConfig, config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` (a GPT-2 / Llama ``config.json`` dict; other keys kept) with the sizes and eps
     of the decoder ``c``. Refuses what HF cannot express: an attention scale other than
@@ -327,9 +334,10 @@ def hf_config(c: DecoderConfig, config: Mapping[str, Any]) -> dict[str, Any]:
             "n_embd": d,
             "n_head": H,
             "n_layer": c.n_layers,
-            "layer_norm_epsilon": c.eps,
-            "n_inner": None if c.d_ff == 4 * d and config.get("n_inner") is None else c.d_ff,
         }
+        n_inner = None if c.d_ff == 4 * d and config.get("n_inner") is None else c.d_ff
+        _changed(out, config, "n_inner", n_inner, None)
+        _changed(out, config, "layer_norm_epsilon", c.eps, 1e-5)
     else:
         if c.rope_freqs is not None and not np.allclose(
             c.rope_freqs, replace(c, rope_freqs=None).freqs(), rtol=1e-12
@@ -346,11 +354,10 @@ def hf_config(c: DecoderConfig, config: Mapping[str, Any]) -> dict[str, Any]:
         out |= {
             "hidden_size": d,
             "num_attention_heads": H,
-            "num_key_value_heads": c.n_kv_heads,
             "intermediate_size": c.d_ff,
             "num_hidden_layers": c.n_layers,
-            "rms_norm_eps": c.eps,
         }
-        if "head_dim" in config or hd != d // H:
-            out["head_dim"] = hd
+        _changed(out, config, "num_key_value_heads", c.n_kv_heads, H)
+        _changed(out, config, "rms_norm_eps", c.eps, 1e-6)
+        _changed(out, config, "head_dim", hd, d // H)
     return out
