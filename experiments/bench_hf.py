@@ -40,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 #: name -> (hidden, intermediate, layers, heads, kv heads, vocab)
 SIZES = {
+    "xs": (64, 160, 4, 4, 2, 256),  # for the tests
     "s": (1024, 3584, 16, 16, 8, 32000),
     "m": (2048, 7168, 16, 16, 8, 32000),
     "l": (4096, 14336, 12, 32, 8, 128256),
@@ -206,14 +207,14 @@ def bench_size(size: str, work: Path, llama_pro: bool, mergekit: Path | None) ->
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="s,m", help=f"comma list of {sorted(SIZES)}")
     ap.add_argument("--work", default="/work/tmp-bench", help="scratch folder (deleted after)")
     ap.add_argument("--llama-pro", action="store_true", help="also time LLaMA-Pro expansion")
     ap.add_argument("--mergekit", default=None, help="a mergekit install's bin/ (optional)")
     ap.add_argument("--out", default=str(ROOT / "docs"), help="folder of bench_hf.json")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(a.out)
@@ -230,7 +231,9 @@ def main() -> None:
         print(f"{size}: {row['src_bytes'] / 1e9:.2f} -> {d['out_bytes'] / 1e9:.2f} GB, "
               f"grow {d['wall_s']:.1f} s ({d['x_copy']:.2f}x copy), peak {d['peak_rss_mb']:.0f} MB",
               flush=True)  # fmt: skip
-    shutil.rmtree(work, ignore_errors=True) if not any(work.iterdir()) else None
+    if not any(work.iterdir()):
+        work.rmdir()
+    return list(rows.values())
 
 
 if __name__ == "__main__":

@@ -269,3 +269,36 @@ def test_cli_depth_slices_and_shards(tmp_path, capsys):
     assert (out / "model.safetensors.index.json").exists()
     assert cli.main(["grow", "ckpt", "--out", str(tmp_path / "x"), "--depth-slices", "0:2"]) == 2
     assert "--from-hf" in capsys.readouterr().err
+
+
+def test_bench_source_is_a_valid_llama(tmp_path):
+    """experiments/bench_hf.py's numpy-written sharded bf16 source reads as a Llama (our reader
+    and the reference's agree), and its DUS job keeps every block byte for byte."""
+    from experiments.bench_hf import llama_shapes, write_source
+
+    src = tmp_path / "src"
+    total = write_source(src, "xs")
+    cfg, tensors = read_checkpoint(src)
+    assert {k: v.shape for k, v in tensors.items()} == llama_shapes(cfg)
+    assert total == sum(v.nbytes for v in tensors.values())
+    assert {v.dtype for v in tensors.values()} == {np.dtype(BF16)}
+    report = hf.grow_hf(src, tmp_path / "dus", width="", depth_slices="0:3,1:4")
+    assert any("0 computed" in n for n in report.notes)
+    _, grown = read_checkpoint(tmp_path / "dus")
+    for m, i in enumerate([0, 1, 2, 1, 2, 3]):
+        a, b = _block(grown, m), _block(tensors, i)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.isfinite(reference_logits(tmp_path / "dus", _ids(V=256))).all()
+
+
+@pytest.mark.slow
+def test_bench_hf_runs(tmp_path):
+    """The benchmark end to end at the test size: copy baseline, DUS and LLaMA-Pro processes."""
+    from experiments.bench_hf import main
+
+    (row,) = main(["--sizes", "xs", "--llama-pro", "--work", str(tmp_path / "w"),
+                   "--out", str(tmp_path)])  # fmt: skip
+    assert (tmp_path / "bench_hf.json").exists() and not (tmp_path / "w").exists()
+    for job in ("dus", "llama_pro"):
+        assert row[job]["out_bytes"] > 0 and row[job]["peak_rss_mb"] > 0
+        assert row[job]["x_copy"] > 0
