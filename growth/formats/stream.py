@@ -97,6 +97,18 @@ class LazyTensor:
             done += step
 
 
+def same_bytes(a: LazyTensor, b: LazyTensor, chunk: int = 1 << 26) -> bool:
+    """Whether two stored tensors have the same dtype, shape and bytes (read in ``chunk``-byte
+    pieces, so comparing two large tensors costs O(chunk) memory)."""
+    if (a.dtype, a.shape, a.nbytes) != (b.dtype, b.shape, b.nbytes):
+        return False
+    for off in range(0, a.nbytes, chunk):
+        n = min(chunk, a.nbytes - off)
+        if os.pread(a._fd, n, a._start + off) != os.pread(b._fd, n, b._start + off):
+            return False
+    return True
+
+
 def write_all(fd: int, data: Any) -> int:
     """Write all of ``data`` (bytes or a C-contiguous array) to ``fd``; returns its length."""
     view = memoryview(data).cast("B")

@@ -55,6 +55,7 @@ from growth.formats.hf.layout import (
     hf_config,
     top_units,
 )
+from growth.formats.stream import LazyTensor, same_bytes
 from growth.methods import DEFAULT_METHOD
 from growth.models import decoder
 from growth.models.decoder import DecoderConfig
@@ -93,11 +94,14 @@ class Checked(NamedTuple):
         return unit_key if unit_key == HEAD else self.prefix + unit_key
 
 
-def check_tensors(path: Path, config: Mapping[str, Any], tensors: Mapping[str, Any]) -> Checked:
+def check_tensors(
+    path: Path, config: Mapping[str, Any], tensors: Mapping[str, LazyTensor]
+) -> Checked:
     """Check the (lazy) tensors of a decoder checkpoint against ``config.json`` before any
     weight is read: every tensor of the layout present with the shape the config implies,
     buffers standard, a stored readout of a tied model equal to the embedding, nothing else.
-    Reads only the buffers (and, for a tied model storing ``lm_head.weight``, both tensors)."""
+    Reads only the buffers (and, for a tied model storing ``lm_head.weight``, compares its bytes
+    with the embedding's, 64 MiB at a time)."""
     kind = config["model_type"]
     c = decoder_config(config)
     pre = PREFIX[kind] if any(k.startswith(PREFIX[kind]) for k in tensors) else ""
@@ -127,8 +131,8 @@ def check_tensors(path: Path, config: Mapping[str, Any], tensors: Mapping[str, A
             "readout is not supported)"
         )
     if c.tied and chk.head_in_file:
-        emb = np.asarray(tensors[chk.key(top_units(kind, c)[0].hf)])
-        if not np.array_equal(np.asarray(take(HEAD, emb.shape)), emb):
+        emb = tensors[chk.key(top_units(kind, c)[0].hf)]
+        if not same_bytes(take(HEAD, emb.shape), emb):
             raise GrowthError(
                 f"{where}: {HEAD!r} differs from the input embedding but config.json has "
                 "tie_word_embeddings=true; set it to false"
