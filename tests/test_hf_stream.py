@@ -116,6 +116,23 @@ def test_stream_equals_in_memory_growth_bit_for_bit(family, tmp_path):
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
 
 
+@pytest.mark.parametrize("rule", ["duplicate", "interpolate", "linear-fit", "stack"])
+def test_stream_mixes_blocks_like_the_engine(rule, tmp_path):
+    """Depth rules that scale or mix source blocks: each output block of the stream equals the
+    engine's depth map applied in memory (to float32 rounding: sums in another order)."""
+    src = make(tmp_path, "llama-gqa", n_files=2)
+    method = f"copy:depth={rule}" if rule != "stack" else "stack"
+    hf.grow_hf(src, tmp_path / "s", width="", depth="layers=5", method=method)
+    params, config, spec = hf.load_hf(src)
+    grown, cfg, _ = hf.grow_params(params, config, spec, width="", depth="layers=5",
+                                   method=method)  # fmt: skip
+    hf.save_hf(tmp_path / "m", grown, cfg)
+    (_, a), (_, b) = read_checkpoint(tmp_path / "s"), read_checkpoint(tmp_path / "m")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
 def _block(tensors, i):
     return {k.split(f".{i}.", 1)[1]: v for k, v in tensors.items() if f"layers.{i}." in k}
 
