@@ -319,3 +319,29 @@ def test_bench_hf_runs(tmp_path):
     for job in ("dus", "llama_pro"):
         assert row[job]["out_bytes"] > 0 and row[job]["peak_rss_mb"] > 0
         assert row[job]["x_copy"] > 0
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}},
+    {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1000.0}},
+])  # fmt: skip
+def test_rotary_scaling_is_carried_by_growth(rope, tmp_path):
+    """Growth never changes head_dim, so a scaled rotary map rides along: the grown tensors are
+    those of the unscaled twin (whose growth the reference checks), the rope keys are kept, and
+    our own decoder still refuses to run such a config."""
+    twin = make(tmp_path / "a", "llama-gqa")
+    scaled = make(tmp_path / "b", "llama-gqa")
+    cfg = json.loads((scaled / "config.json").read_text())
+    if "rope_parameters" in rope:
+        cfg.pop("rope_theta")
+    (scaled / "config.json").write_text(json.dumps(cfg | rope))
+    report = hf.grow_hf(scaled, tmp_path / "gs", width="x2", depth="x2", method="copy")
+    hf.grow_hf(twin, tmp_path / "gt", width="x2", depth="x2", method="copy")
+    assert any("carried unchanged" in n for n in report.notes)
+    (c1, a), (_, b) = read_checkpoint(tmp_path / "gs"), read_checkpoint(tmp_path / "gt")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    key = next(iter(rope))
+    assert c1[key] == rope[key]
+    with pytest.raises(GrowthError, match=key):
+        hf.load_hf(scaled)

@@ -95,15 +95,19 @@ class Checked(NamedTuple):
 
 
 def check_tensors(
-    path: Path, config: Mapping[str, Any], tensors: Mapping[str, LazyTensor]
+    path: Path,
+    config: Mapping[str, Any],
+    tensors: Mapping[str, LazyTensor],
+    *,
+    growth_only: bool = False,
 ) -> Checked:
     """Check the (lazy) tensors of a decoder checkpoint against ``config.json`` before any
     weight is read: every tensor of the layout present with the shape the config implies,
     buffers standard, a stored readout of a tied model equal to the embedding, nothing else.
     Reads only the buffers (and, for a tied model storing ``lm_head.weight``, compares its bytes
-    with the embedding's, 64 MiB at a time)."""
+    with the embedding's, 64 MiB at a time). growth_only: see :func:`decoder_config`."""
     kind = config["model_type"]
-    c = decoder_config(config)
+    c = decoder_config(config, growth_only=growth_only)
     pre = PREFIX[kind] if any(k.startswith(PREFIX[kind]) for k in tensors) else ""
     chk = Checked(kind, c, pre, {}, HEAD in tensors)
     where = path / (WEIGHTS if (path / WEIGHTS).is_file() else INDEX)

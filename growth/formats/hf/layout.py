@@ -51,6 +51,24 @@ def _need(config: Mapping[str, Any], key: str) -> int:
     return value
 
 
+def rope_scaled(config: Mapping[str, Any]) -> list[str]:
+    """The keys of ``config`` that change the rotary map from plain ``theta^(-2i/hd)`` on every
+    pair (scaling of any ``rope_type``, a partial rotary factor)."""
+    out = []
+    for key in ("rope_scaling", "rope_parameters"):
+        val = config.get(key)
+        if isinstance(val, dict):
+            kind = val.get("rope_type", val.get("type", "default"))
+            partial = float(val.get("partial_rotary_factor", 1.0))
+        else:
+            kind, partial = ("default" if val is None else val), 1.0
+        if kind != "default" or partial != 1.0:
+            out.append(key)
+    if config.get("partial_rotary_factor") not in (None, 1, 1.0):
+        out.append("partial_rotary_factor")
+    return out
+
+
 def _rope_theta(config: Mapping[str, Any]) -> float:
     """``rope_theta`` (transformers 4: top level, 5: inside ``rope_parameters``); any rotary
     scaling (``rope_scaling`` / ``rope_parameters.rope_type`` other than ``"default"``) refused."""
@@ -67,12 +85,21 @@ def _rope_theta(config: Mapping[str, Any]) -> float:
     return 10000.0 if theta is None else float(theta)
 
 
-def decoder_config(config: Mapping[str, Any]) -> DecoderConfig:
+def decoder_config(config: Mapping[str, Any], *, growth_only: bool = False) -> DecoderConfig:
     """The :class:`DecoderConfig` computing what HF computes for this ``config.json``; refuses
-    (GrowthError naming the key) anything our decoder does not reproduce exactly."""
+    (GrowthError naming the key) anything our decoder does not reproduce exactly.
+
+    growth_only: the config only sizes a growth (``growth.formats.hf.stream``), our decoder
+    never runs it: rotary scaling and partial rotary factors (:func:`rope_scaled`) are then
+    accepted, since HF growth never changes ``head_dim`` and carries those keys unchanged, so
+    every head keeps its source's rotary map (the DecoderConfig's ``rope_base`` is then nominal).
+    """
     kind = config.get("model_type")
     if kind not in MODEL_TYPES:
         raise GrowthError(f"model_type={kind!r}: expected one of {MODEL_TYPES}")
+    if growth_only and rope_scaled(config):
+        plain = {k: v for k, v in config.items() if k not in rope_scaled(config)}
+        return decoder_config(plain)
     for key in _REFUSED[kind]:
         val = config.get(key)
         if val not in (None, False) and not (key == "partial_rotary_factor" and val == 1):

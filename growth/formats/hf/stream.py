@@ -48,7 +48,7 @@ from growth.formats.hf.io import (
     write_checkpoint,
 )
 from growth.formats.hf.io import parse_growth_targets as _targets
-from growth.formats.hf.layout import HEAD, Unit, block_units, hf_config, top_units
+from growth.formats.hf.layout import HEAD, Unit, block_units, hf_config, rope_scaled, top_units
 from growth.methods import DEFAULT_METHOD, get_method
 from growth.models import decoder
 from growth.models.decoder import DecoderConfig
@@ -273,7 +273,7 @@ def grow_decoder_stream(
     src = Path(src)
     config = read_config(src)
     with Tensors(src) as tensors:
-        chk = check_tensors(src, config, tensors)
+        chk = check_tensors(src, config, tensors, growth_only=True)
         plan = plan_stream(chk, tensors, width=width, depth=depth, depth_slices=depth_slices,
                            method=method, seed=seed)  # fmt: skip
         c2 = decoder.grown(chk.c, plan)
@@ -287,6 +287,11 @@ def grow_decoder_stream(
             report.notes.append(
                 f"tied readout multiplier {c2.readout_mult:.6g} folded into the final norm "
                 "(HF has no readout multiplier; exact)"
+            )
+        for key in rope_scaled(config):
+            report.notes.append(
+                f"{key}={config[key]!r} carried unchanged: head_dim is not grown, so every head "
+                "keeps its source's rotary map"
             )
         n = grower.counts
         report.notes.append(
