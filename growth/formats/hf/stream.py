@@ -126,12 +126,14 @@ def plan_stream(
     dm = slice_map(c.n_layers, slices)
     report = plan.report
     report.sizes_after["blocks"] = int(dm.mix.shape[0])
-    if not slices_exact(c.n_layers, slices):
-        report.function_preserving = False
-        report.notes.append(
-            f"depth slices {list(map(list, slices))} (mergekit passthrough): repeated or dropped "
-            "blocks change the function; not function-preserving"
-        )
+    exact = slices_exact(c.n_layers, slices)
+    report.function_preserving = report.function_preserving and exact
+    report.notes.append(
+        f"depth slices {list(map(list, slices))} (mergekit passthrough; the method's depth rule "
+        "is not used): "
+        + ("the source's blocks in order, exact" if exact else "repeated or dropped blocks "
+           "change the function; not function-preserving")
+    )  # fmt: skip
     return dataclasses.replace(plan, depth_maps={"blocks": dm})
 
 
