@@ -21,6 +21,9 @@ so that no leaf dominates by its units):
   pseudo-units, which keeps small components from collapsing onto single units);
 - ``psi`` [D]: the residual standard deviation per coordinate (``sum_i res_i^2 / (n - 1 - r)``).
 
+A coordinate that is the same for every unit (e.g. a weight zeroed by ``fitted-preserving``)
+has zero basis rows and zero residual, so every draw has exactly that value.
+
 A trained standard-parametrization layer is its i.i.d. init plus a learned low-rank part: the
 low-rank subspace carries the learned structure (and, through the mixture, its clusters), the
 diagonal residual carries the init's per-coordinate spread. With K = 1 and ``r = n - 1`` the
@@ -178,6 +181,7 @@ def fit_rc_measure(
     centre = x.mean(0)
     xc = x - centre
     basis = top_directions(xc, k_dir, r) if r else jnp.zeros((D, 0), x.dtype)
+    basis = jnp.where(jnp.any(xc != 0, axis=0)[:, None], basis, 0.0)  # constants stay exact
     z = xc @ basis
     resid = xc - z @ basis.T
     resid_sd = jnp.sqrt(jnp.sum(resid**2, 0) / max(n - 1 - r, 1))
