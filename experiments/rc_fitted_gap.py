@@ -48,8 +48,8 @@ def mlp_config(n: int):
     return MLP.config(input_dim=_data().x_train.shape[1], hidden=(n,), num_classes=10)
 
 
-def train_source(n: int, seed: int, steps: int, param: str = "sp", base: int = 16) -> dict:
-    """A trained ``40 -> n -> 10`` MLP's params (Adam, default learning rate).
+def init_source(n: int, seed: int, param: str = "sp", base: int = 16) -> tuple:
+    """An untrained ``40 -> n -> 10`` MLP and its per-leaf Adam LR factors (None: one LR).
 
     param ``"sp"``: the family's init, one learning rate. ``"mf"``: mean-field relative to base
     width ``base`` (``theory.parametrization``, in SP storage): each leaf's init std times
@@ -59,24 +59,26 @@ def train_source(n: int, seed: int, steps: int, param: str = "sp", base: int = 1
     """
     cfg = mlp_config(n)
     model = init_model("mlp", cfg, seed=seed)
-    mults = None
-    if param == "mf":
-        resolved = MLP.spec(cfg).resolve(params_of(model))
-        rules = {p: leaf_rules(resolved, {"h1": base}, p) for p in ("sp", "mf")}
-        factors = [
-            m.init_std * m.multiplier / s.init_std
-            for m, s in zip(rules["mf"], rules["sp"], strict=True)
-        ]
-        leaves, tree = jax.tree_util.tree_flatten(params_of(model))
-        nnx.update(
-            model,
-            jax.tree_util.tree_unflatten(
-                tree, [x * f for x, f in zip(leaves, factors, strict=True)]
-            ),
-        )
-        mults = lr_multipliers(resolved, {"h1": base}, "mf", "adam")
-    cfg_t = TrainConfig(steps=steps, eval_every=steps, seed=seed)
-    train(model, _data(), cfg_t, lr_multipliers=mults, progress=False)
+    if param == "sp":
+        return model, None
+    resolved = MLP.spec(cfg).resolve(params_of(model))
+    rules = {p: leaf_rules(resolved, {"h1": base}, p) for p in ("sp", "mf")}
+    factors = [
+        m.init_std * m.multiplier / s.init_std
+        for m, s in zip(rules["mf"], rules["sp"], strict=True)
+    ]
+    leaves, tree = jax.tree_util.tree_flatten(params_of(model))
+    scaled = [x * f for x, f in zip(leaves, factors, strict=True)]
+    nnx.update(model, jax.tree_util.tree_unflatten(tree, scaled))
+    return model, lr_multipliers(resolved, {"h1": base}, "mf", "adam")
+
+
+def train_source(n: int, seed: int, steps: int, param: str = "sp", base: int = 16) -> dict:
+    """A trained ``40 -> n -> 10`` MLP's params (Adam, default learning rate; ``param`` and
+    ``base``: see :func:`init_source`)."""
+    model, mults = init_source(n, seed, param, base)
+    cfg = TrainConfig(steps=steps, eval_every=steps, seed=seed)
+    train(model, _data(), cfg, lr_multipliers=mults, progress=False)
     return params_of(model)
 
 

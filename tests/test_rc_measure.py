@@ -279,3 +279,28 @@ def test_fitted_units_are_new_and_copies_are_not(trained_resmlp, method: str) ->
         assert frac < 0.5, frac
     else:
         assert frac == 1.0, frac
+
+
+def test_fitted_refuses_streaming_and_writes_nothing(tmp_path) -> None:
+    from safetensors.numpy import save_file
+
+    from growth.formats.stream import grow_stream
+    from growth.spec import NeuronSpec, leaves_with_paths
+
+    cfg = MLP.config(input_dim=3, hidden=(4,), num_classes=2)
+    flat = {
+        k.replace("/", "."): np.asarray(v) for k, v in leaves_with_paths(random_params("mlp", cfg))
+    }
+    spec = NeuronSpec({p.replace("/", "."): s for p, s in MLP.spec(cfg).patterns.items()})
+    save_file(flat, str(tmp_path / "src.safetensors"))
+    with pytest.raises(GrowthError, match="cannot be streamed"):
+        grow_stream(
+            tmp_path / "src.safetensors",
+            tmp_path / "out.safetensors",
+            spec,
+            width={"h1": 8},
+            method="fitted",
+        )
+    assert not (tmp_path / "out.safetensors").exists()
+    g, _ = grow(random_params("mlp", cfg), MLP.spec(cfg), width={"h1": 8}, method="fitted")
+    assert g["layers"][0]["kernel"].shape == (3, 8)  # the in-memory path works
