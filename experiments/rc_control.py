@@ -91,6 +91,11 @@ def run(n: int, factors, seeds: int, draws: int, steps: int) -> dict:
     return {"n": n, "rows": rows, "summary": summary, "slope_gap_vs_k": slopes}
 
 
+def _yscale(values: list[float]) -> tuple:
+    """Log scale when every value is positive, else symmetric log (gaps can be negative)."""
+    return ("log",) if min(values) > 0 else ("symlog",)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -109,7 +114,7 @@ def plot(result: dict, path: Path) -> None:
             label=s,
         )
     ax.set_xscale("log", base=2)
-    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_yscale(*_yscale([r["gap_mean"] for r in result["summary"]]))
     ax.set_xlabel("growth factor k = N / n")
     ax.set_ylabel("zero-shot test loss gap (mean ± sd over seeds)")
     ax.set_title(f"RC control: trained MLP, n = {result['n']} (MNIST-1D)")

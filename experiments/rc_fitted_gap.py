@@ -173,6 +173,11 @@ def run(widths, factors, seeds, draws, steps, method="fitted", param="sp") -> di
     }
 
 
+def _yscale(values: list[float]) -> tuple:
+    """Log scale when every value is positive, else symmetric log (gaps can be negative)."""
+    return ("log",) if min(values) > 0 else ("symlog",)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -203,7 +208,7 @@ def plot(result: dict, path: Path) -> None:
         )
     for a, xl in zip(ax, ("target width N", "source width n"), strict=True):
         a.set_xscale("log", base=2)
-        a.set_yscale("symlog", linthresh=1e-3)
+        a.set_yscale(*_yscale([r["gap_mean"] for r in s]))
         a.set_xlabel(xl)
         a.set_ylabel("zero-shot test loss gap (mean ± sd over seeds)")
         a.legend()
