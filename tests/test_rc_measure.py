@@ -43,13 +43,13 @@ def _types(n: int, D: int, seed: int) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(
     n=st.sampled_from([2, 9]),
     D=st.sampled_from([1, 12]),
-    rank=st.sampled_from([1, 8]),
+    rank=st.just(8),
     K=st.sampled_from([1, 2]),
-    num=st.integers(1, 50),
+    num=st.sampled_from([1, 13]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_fit_and_draw_are_deterministic_under_a_key(n, D, rank, K, num, seed) -> None:
@@ -67,8 +67,8 @@ def test_fit_and_draw_are_deterministic_under_a_key(n, D, rank, K, num, seed) ->
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
 
-@settings(max_examples=4, deadline=None)
-@given(n=st.sampled_from([2, 7]), D=st.sampled_from([3, 16]), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=3, deadline=None)
+@given(n=st.sampled_from([2, 7]), D=st.just(16), seed=st.integers(0, 2**31 - 1))
 def test_full_rank_single_gaussian_has_the_empirical_moments(n, D, seed) -> None:
     """K = 1, r = n - 1: mean and covariance of the fitted measure are the units' (biased)
     empirical ones; at a lower rank the covariance is not (the check can fail)."""
@@ -96,12 +96,12 @@ def test_fit_refuses_one_unit_and_bad_blocks() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(
-    h1=st.sampled_from([2, 5]),
-    N1=st.sampled_from([1, 4, 7, 13]),
-    h2=st.sampled_from([3, 6]),
-    N2=st.sampled_from([2, 6, 9, 16]),
+    h1=st.just(5),
+    N1=st.sampled_from([2, 5, 12]),
+    h2=st.just(3),
+    N2=st.sampled_from([2, 7]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_fitted_shapes_at_any_width_and_preserving_keeps_sources(h1, N1, h2, N2, seed) -> None:
@@ -125,11 +125,11 @@ def test_fitted_shapes_at_any_width_and_preserving_keeps_sources(h1, N1, h2, N2,
         assert np.all(np.abs(np.asarray(k0[:, h1:])).sum(0) > 0)  # ... and a drawn fan-in
 
 
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=2, deadline=None)
 @given(
-    d=st.sampled_from([4, 6]),
-    h=st.sampled_from([3, 5]),
-    N=st.sampled_from([5, 12]),
+    d=st.just(4),
+    h=st.just(3),
+    N=st.sampled_from([7, 12]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_fitted_preserving_keeps_the_function(d, h, N, seed) -> None:
