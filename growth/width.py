@@ -1,4 +1,6 @@
-"""Width growth: apply per-space index maps to every leaf of a params pytree (one jitted call).
+"""Width growth: apply per-space index maps to every leaf of a params pytree (one jitted call),
+or draw a space's units from a fitted RC measure (:func:`draw_space`, the ``fitted`` sampler:
+no index map; new slices are sampled from ``theory.rc_measure``, see the end of this module).
 
 For a leaf axis in space S with map ``g`` and fan-in scales ``s`` (see ``theory.measure``):
 
