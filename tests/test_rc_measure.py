@@ -304,3 +304,36 @@ def test_fitted_refuses_streaming_and_writes_nothing(tmp_path) -> None:
     assert not (tmp_path / "out.safetensors").exists()
     g, _ = grow(random_params("mlp", cfg), MLP.spec(cfg), width={"h1": 8}, method="fitted")
     assert g["layers"][0]["kernel"].shape == (3, 8)  # the in-memory path works
+
+
+def test_fitted_preserving_on_the_decoder_keeps_logits_and_says_when_not() -> None:
+    """Rotary (paired) head_dim, kv heads, query groups and the SwiGLU width drawn at once keep
+    the logits (the kept pairs keep their rotary frequencies); the RMSNorm'd stream does not,
+    and the report says so."""
+    from growth.engine import apply_plan
+    from growth.models import grown_config
+    from growth.models.decoder import DecoderConfig
+
+    cfg = DecoderConfig(
+        vocab=13,
+        d_model=6,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=4,
+        d_ff=7,
+        max_len=16,
+        norm="rms",
+        mlp="swiglu",
+        bias=True,
+        tied=True,
+    )
+    params = random_params("decoder", cfg, 2)
+    tok = jnp.asarray(np.random.default_rng(0).integers(0, 13, size=(2, 9)), jnp.int32)
+    ref = model_fn("decoder", cfg)(params, tok)
+    spec = get_family("decoder").spec(cfg)
+    for width, exact in (({"ff": 11, "hd": 8, "kv": 3, "group": 3}, True), ({"d": 10}, False)):
+        plan = plan_growth(params, spec, width=width, method="fitted-preserving", key=3)
+        new = apply_plan(plan, params)
+        err = rel_err(model_fn("decoder", grown_config("decoder", cfg, plan))(new, tok), ref)
+        assert plan.report.function_preserving == exact and (err < 1e-5) == exact, (width, err)
