@@ -23,7 +23,7 @@ from growth.depth import EXACT_DEPTH_RULES, DepthMap, apply_depth, depth_map
 from growth.errors import GrowthError
 from growth.methods import DEFAULT_METHOD, Method, get_method
 from growth.spec import NeuronSpec, ResolvedSpec, leaves_with_paths
-from growth.width import along, apply_width
+from growth.width import along, apply_width, draw_space, space_axes
 from theory.measure import SpaceMap, padded_map, pair_map, sample_space
 
 
@@ -209,6 +209,9 @@ class GrowthPlan:
     key: jax.Array
     report: GrowthReport
     spreads: tuple[float, ...]  # per-leaf sd of the source entries (noise scale)
+    # space -> N for spaces grown by drawing from a fitted measure (``sampler="fitted"``): no
+    # index map; the draw needs all the space's leaves, so it happens in :func:`apply_leaves`
+    fitted: dict[str, int] = field(default_factory=dict)
 
 
 def plan_growth(
@@ -246,7 +249,12 @@ def plan_growth(
     key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
     k_maps, k_apply = jax.random.split(key)
 
-    maps, notes, exact, eps = _width_maps(resolved, width, method, k_maps)
+    if method.sampler == "fitted":
+        fitted = {s: N for s, N in width.items() if N != resolved.sizes[s] or not _keeps(method)}
+        maps, notes, exact, eps = {}, *_fitted_report(resolved, fitted, method), {}
+    else:
+        fitted = {}
+        maps, notes, exact, eps = _width_maps(resolved, width, method, k_maps)
     dmaps: dict[str, DepthMap] = {}
     for stack, L_new in depth.items():
         L = resolved.sizes[stack]
@@ -260,7 +268,47 @@ def plan_growth(
     report = GrowthReport(
         method.to_dict(), dict(resolved.sizes), after, copies, exact, notes, eps_scale=eps
     )
-    return GrowthPlan(resolved, method, maps, dmaps, k_apply, report, spreads)
+    return GrowthPlan(resolved, method, maps, dmaps, k_apply, report, spreads, fitted)
+
+
+def _keeps(method: Method) -> bool:
+    """Whether a fitted method keeps the source units (``scaling="exact"``)."""
+    return method.scaling == "exact"
+
+
+def _fitted_report(
+    resolved: ResolvedSpec, fitted: dict[str, int], method: Method
+) -> tuple[list[str], bool]:
+    """Validate fitted targets; return (notes, function preserving). Preserving iff the source
+    units are kept (new units have zero fan-out) and no grown space is normalised (new units
+    there change the norm statistics)."""
+    notes, exact = [], True
+    normed = resolved.normalized_spaces()
+    for space, N in fitted.items():
+        n = resolved.sizes[space]
+        space_axes(resolved.leaves, space)  # one axis per leaf, else GrowthError
+        units, N_units = (n // 2, N // 2) if space in resolved.paired else (n, N)
+        if space in resolved.paired and N % 2:
+            raise GrowthError(f"width target {space!r}={N}: a paired space needs an even target")
+        if units < 2:
+            raise GrowthError(f"space {space!r}: a fitted measure needs >= 2 source units")
+        if _keeps(method) and N_units < units:
+            raise GrowthError(
+                f"width target {space!r}={N} < {n}: {method.name!r} keeps every source unit; "
+                "use scaling='unbiased' (method 'fitted') to prune by sampling"
+            )
+        drawn = N_units - units if _keeps(method) else N_units
+        notes.append(
+            f"space {space!r}: {drawn} unit(s) drawn from the fitted RC measure (rank <= "
+            f"{method.fit_rank}, {method.fit_components} component(s))"
+            + (", zero fan-out" if _keeps(method) else f", readers x {units}/{N_units}")
+        )
+        if not _keeps(method):
+            exact = False
+        elif space in normed:
+            exact = False
+            notes.append(f"space {space!r} is normalised: new units change the norm statistics")
+    return notes, exact
 
 
 def _shapes(plan: GrowthPlan, leaves: list[jax.Array], roles: tuple[str, ...]) -> list[tuple]:
@@ -305,6 +353,11 @@ def apply_leaves(
     Growing the whole tree at once or a slice at a time (``growth.formats.stream``) gives the same
     bits.
     """
+    if plan.fitted and (first_leaf, len(leaves)) != (0, len(plan.resolved.leaves)):
+        raise GrowthError(
+            f"method {plan.method.name!r}: drawing from a fitted measure needs every leaf of the "
+            "grown spaces at once; it cannot be applied a slice of leaves at a time (streaming)"
+        )
     sl = slice(first_leaf, first_leaf + len(leaves))
     specs, spreads = plan.resolved.leaves[sl], plan.spreads[sl]
     sub = dataclasses.replace(plan, resolved=dataclasses.replace(plan.resolved, leaves=specs))
@@ -325,6 +378,18 @@ def apply_leaves(
             else None,
             first_leaf=first_leaf,
             norm_specs=plan.resolved.leaves,
+        )
+    for space, N in sorted(plan.fitted.items()):
+        leaves = draw_space(
+            leaves,
+            specs,
+            space,
+            N,
+            _space_key(plan.key, space),
+            keep_source=_keeps(m),
+            rank=m.fit_rank,
+            components=m.fit_components,
+            paired=space in plan.resolved.paired,
         )
     if plan.maps and m.fanout_source == "next-block":
         leaves = _fanout_from_next_block(leaves, sub)

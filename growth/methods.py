@@ -12,6 +12,8 @@ name              sampler     scaling    symmetry    depth        guarantee
 ``smoothed``      smoothed    exact      none        duplicate    O(h^2) change, symmetry broken
 ``net2net-noise`` balanced    exact      noise       identity     O(sigma) change
 ``rc``            smoothed    exact      none        identity     O(h^2) change, new features
+``fitted``        fitted      unbiased   none        identity     all N units drawn; unbiased
+``fitted-pres.``  fitted      exact      none        identity     exact; new units zero fan-out
 ================  ==========  =========  ==========  ===========  ===============================
 
 Published methods as compositions of the same pieces (sources, exact rules and what differs from
@@ -46,6 +48,11 @@ trained for ``operator_steps`` steps on the task loss of the large model; the fu
 features while the function moves only at second order in the bandwidth h (the fan-in slices
 are copied and scaled exactly). ``rc`` is that with identity-initialised new blocks.
 
+``fitted`` fits a measure to each space's unit types (low-rank Gaussian mixture plus diagonal
+residual, ``theory.rc_measure``) and draws every one of the N units from it, reader weights
+times ``n/N`` (mean-field sampling; N < n prunes by sampling). ``fitted-preserving`` keeps the
+n source units and adds ``N - n`` drawn units whose fan-out (the weights reading them) is 0.
+
 (*) for spaces under a LayerNorm/RMSNorm: exact for multiples of the source width, and for any
 larger width when the spec names the norm kind (``norm="layer-gain"`` ...): balanced samplers then
 use LEMON's padded map (``theory.measure.padded_map``) and the report gives the eps factor. With a
@@ -59,9 +66,12 @@ from dataclasses import asdict, dataclass, replace
 from growth.depth import DEPTH_RULES
 from growth.errors import GrowthError
 from growth.width import SYMMETRY
-from theory.measure import SAMPLERS, SCALINGS
+from theory.measure import SAMPLERS as INDEX_SAMPLERS
+from theory.measure import SCALINGS
 
 FANOUT_SOURCES = ("self", "next-block")
+#: samplers: index maps (``theory.measure``) and ``fitted`` (draws from ``theory.rc_measure``)
+SAMPLERS = INDEX_SAMPLERS + ("fitted",)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,11 @@ class Method:
     plan's maps become dense linear operators trained for this many steps on the task loss.
     Methods with ``ramp_steps`` or ``operator_steps`` need their own entry point (they need
     training data or a training loop); ``growth.grow`` refuses them.
+    fit_rank, fit_components: for ``sampler="fitted"``, the rank of the low-rank part and the
+    number of mixture components of the measure fitted to each space's unit types
+    (``theory.rc_measure``); ``scaling="unbiased"`` draws all N units (mean-field ``n/N`` on
+    the readers), ``scaling="exact"`` keeps the source units and gives the drawn ones zero
+    fan-out (``growth.width.draw_space``).
     """
 
     sampler: str = "balanced"
@@ -98,6 +113,8 @@ class Method:
     fanout_source: str = "self"
     ramp_steps: int = 0
     operator_steps: int = 0
+    fit_rank: int = 8
+    fit_components: int = 2
 
     def __post_init__(self) -> None:
         for field, value, allowed in (
@@ -122,12 +139,28 @@ class Method:
                 raise GrowthError(f"method {field}={v!r}: expected an integer >= 0 (0: off)")
         if self.ramp_steps and self.operator_steps:
             raise GrowthError("method: ramp_steps (msg) and operator_steps (ligo) are exclusive")
+        self._check_fitted()
         if self.sampler == "smoothed" and self.bandwidth == 0:
             raise GrowthError("method sampler='smoothed' needs bandwidth > 0")
         if self.sampler != "smoothed" and self.bandwidth > 0:
             raise GrowthError(
                 f"method bandwidth > 0 only applies to sampler='smoothed', not {self.sampler!r}"
             )
+
+    def _check_fitted(self) -> None:
+        for field in ("fit_rank", "fit_components"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise GrowthError(f"method {field}={v!r}: expected an integer >= 1")
+        if self.sampler != "fitted":
+            return
+        if self.symmetry != "none" or self.ramp_steps or self.operator_steps:
+            raise GrowthError(
+                "method sampler='fitted' draws new units (the measure breaks the symmetry): it "
+                "needs symmetry='none', ramp_steps=0 and operator_steps=0"
+            )
+        if self.fanout_source != "self":
+            raise GrowthError("method sampler='fitted' needs fanout_source='self'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +186,12 @@ METHODS: dict[str, Method] = {
     ),
     "net2net-noise": Method(symmetry="noise", sigma=0.01, name="net2net-noise"),
     "rc": Method(sampler="smoothed", symmetry="none", sigma=0.0, bandwidth=0.1, name="rc"),
+    "fitted": Method(
+        sampler="fitted", scaling="unbiased", symmetry="none", sigma=0.0, name="fitted"
+    ),
+    "fitted-preserving": Method(
+        sampler="fitted", scaling="exact", symmetry="none", sigma=0.0, name="fitted-preserving"
+    ),
     # --- published methods -------------------------------------------------------------------
     "net2net": Method(sampler="net2net", symmetry="noise", sigma=0.01, name="net2net"),
     "bert2bert-fpi": Method(
@@ -216,6 +255,18 @@ RECIPE_INFO: dict[str, dict] = {
         "source": "mfgrow",
         "exact": False,
         "guarantee": "O(h^2) change",
+    },
+    "fitted": {
+        "summary": "every unit drawn from a fitted RC measure (low-rank mixture), n/N fan-in",
+        "source": "mfgrow; sampling view of Chen et al. (arXiv 2408.08681)",
+        "exact": False,
+        "guarantee": "all units drawn from a fitted RC measure; n/N readers: unbiased for it",
+    },
+    "fitted-preserving": {
+        "summary": "source units kept, new units drawn from the fitted measure with zero fan-out",
+        "source": "mfgrow",
+        "exact": True,
+        "guarantee": "source units kept; drawn units start with zero fan-out",
     },
     "net2net": {
         "summary": "Net2Net: random index map, 1/count fan-in, noise 0.01",

@@ -1,4 +1,6 @@
-"""Width growth: apply per-space index maps to every leaf of a params pytree (one jitted call).
+"""Width growth: apply per-space index maps to every leaf of a params pytree (one jitted call),
+or draw a space's units from a fitted RC measure (:func:`draw_space`, the ``fitted`` sampler:
+no index map; new slices are sampled from ``theory.rc_measure``, see the end of this module).
 
 For a leaf axis in space S with map ``g`` and fan-in scales ``s`` (see ``theory.measure``):
 
@@ -45,6 +47,7 @@ import jax.numpy as jnp
 from growth.errors import GrowthError
 from growth.spec import LeafSpec, pad_kind
 from theory.measure import SpaceMap, counter_noise, zero_sum_noise
+from theory.rc_measure import fit_rc_measure, sample_rc_measure
 
 SYMMETRY = ("none", "zero-sum", "noise")
 
@@ -237,3 +240,98 @@ def constrain(leaves: list[jax.Array], shardings: tuple | None) -> list[jax.Arra
         x if s is None else jax.lax.with_sharding_constraint(x, s)
         for x, s in zip(leaves, shardings, strict=True)
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# width growth by sampling: new units drawn from a fitted RC measure (theory.rc_measure)
+# ---------------------------------------------------------------------------------------------
+
+
+def space_axes(leaf_specs: Sequence[LeafSpec], space: str) -> list[tuple[int, int, str]]:
+    """``(leaf position, axis, role)`` of every width axis over ``space``, in tree order.
+
+    Raises GrowthError for a leaf with two axes over the space (a unit's slice of it is then
+    not a vector: ``W[i, j]`` belongs to two units of the same space).
+    """
+    found = []
+    for j, spec in enumerate(leaf_specs):
+        axes = [(ax, a.role) for ax, a in enumerate(spec.axes) if a and a.space == space]
+        if len(axes) > 1:
+            raise GrowthError(
+                f"space {space!r}: leaf {j} has {len(axes)} axes over it; a fitted measure of "
+                "unit types needs each leaf to index a unit on one axis"
+            )
+        found += [(j, ax, role) for ax, role in axes if role != "depth"]
+    return found
+
+
+def unit_view(x: jax.Array, axis: int, paired: bool) -> jax.Array:
+    """``x`` as [units, rest]: ``axis`` first, the rest flattened. A paired axis (units are the
+    entry pairs ``(i, i + n/2)``) gives n/2 units, each holding both entries' slices."""
+    y = jnp.moveaxis(x, axis, 0)
+    if paired:
+        y = jnp.swapaxes(y.reshape((2, y.shape[0] // 2) + y.shape[1:]), 0, 1)
+    return y.reshape(y.shape[0], -1)
+
+
+def from_unit_view(u: jax.Array, axis: int, like: tuple[int, ...], paired: bool) -> jax.Array:
+    """Inverse of :func:`unit_view`: [units, rest] back to an array shaped like ``like`` except
+    along ``axis`` (units, or 2 * units for a paired axis)."""
+    rest = tuple(s for ax, s in enumerate(like) if ax != axis)
+    if paired:
+        y = u.reshape((u.shape[0], 2) + rest)
+        y = jnp.swapaxes(y, 0, 1).reshape((2 * u.shape[0],) + rest)
+    else:
+        y = u.reshape((u.shape[0],) + rest)
+    return jnp.moveaxis(y, 0, axis)
+
+
+def draw_space(
+    leaves: list[jax.Array],
+    leaf_specs: Sequence[LeafSpec],
+    space: str,
+    N: int,
+    key: jax.Array,
+    *,
+    keep_source: bool,
+    rank: int,
+    components: int,
+    paired: bool = False,
+) -> list[jax.Array]:
+    """Grow ``space`` to N entries by drawing unit types from the measure fitted to its units.
+
+    A unit's type is the concatenation of its slices on every axis over the space (its ``out``
+    slices: incoming weights, biases, gains; its ``in`` slices: the weights that read it), so
+    one draw sets both ends of the unit (the RC tie). ``keep_source=False`` (``fitted``): all N
+    units are drawn and every ``in`` slice is scaled by ``n / N`` (mean-field sampling: given its
+    inputs, each reader's pre-activation is an unbiased estimate of the fitted measure's,
+    ``n E_mu[b phi(a . x)]``; pruning for N < n). ``keep_source=True`` (``fitted-preserving``):
+    the n source units are kept bit for bit, the ``N - n`` new ones are drawn and their ``in``
+    slices set to 0, so they start contributing exactly nothing. Computes in float32 (float64
+    for float64 leaves); returns each leaf in its dtype.
+    """
+    where = space_axes(leaf_specs, space)
+    dtype = jnp.promote_types(jnp.result_type(*[leaves[j] for j, _, _ in where]), jnp.float32)
+    views = [unit_view(leaves[j].astype(dtype), ax, paired) for j, ax, _ in where]
+    n = views[0].shape[0]
+    units = N // 2 if paired else N
+    drawn = units - n if keep_source else units
+    out = list(leaves)
+    if drawn <= 0 and keep_source:
+        return out
+    k_fit, k_draw = jax.random.split(key)
+    widths = tuple(v.shape[1] for v in views)
+    measure = fit_rc_measure(
+        jnp.concatenate(views, 1), k_fit, rank=rank, components=components, blocks=widths
+    )
+    new = sample_rc_measure(measure, k_draw, drawn)
+    start = 0
+    for (j, ax, role), v, w in zip(where, views, widths, strict=True):
+        part = new[:, start : start + w]
+        start += w
+        if keep_source:
+            part = jnp.concatenate([v, jnp.zeros_like(part) if role == "in" else part])
+        elif role == "in":
+            part = part * (n / units)
+        out[j] = from_unit_view(part, ax, leaves[j].shape, paired).astype(leaves[j].dtype)
+    return out

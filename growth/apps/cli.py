@@ -34,10 +34,11 @@ def _methods_text() -> str:
     from growth.methods import METHODS, RECIPE_INFO
 
     lines = ["methods (--method NAME[:field=value...]):"]
+    w = max(map(len, METHODS)) + 1
     for name in METHODS:
         info = RECIPE_INFO[name]
-        lines.append(f"  {name:<14}{info['summary']}")
-        lines.append(f"  {'':<14}  guarantee: {info['guarantee']}")
+        lines.append(f"  {name:<{w}}{info['summary']}")
+        lines.append(f"  {'':<{w}}  guarantee: {info['guarantee']}")
     return "\n".join(lines)
 
 

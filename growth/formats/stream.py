@@ -39,7 +39,7 @@ import tensorstore as ts
 from etils import epath
 
 from growth.engine import GrowthReport, apply_leaves, plan_growth
-from growth.errors import CheckpointError, SpecError
+from growth.errors import CheckpointError, GrowthError, SpecError
 from growth.formats.checkpoint import read_checkpoint_info, write_checkpoint
 from growth.methods import DEFAULT_METHOD, Method
 from growth.spec import NeuronSpec, path_str
@@ -393,6 +393,11 @@ def grow_stream(
             plan = plan_growth(src.tree, spec, width=width, depth=depth, method=method, key=key)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from e
+        if plan.fitted:
+            raise GrowthError(
+                f"method {plan.method.name!r} draws from a measure fitted to all of a space's "
+                "leaves at once; it cannot be streamed leaf by leaf (use growth.grow)"
+            )
         flat, _ = jax.tree_util.tree_flatten_with_path(src.tree)
         leaves = [leaf for _, leaf in flat]
         after = plan.report.sizes_after
@@ -419,4 +424,3 @@ def grow_stream(
     finally:
         src.close()
     return plan.report
-

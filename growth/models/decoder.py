@@ -354,7 +354,9 @@ def grown(config: DecoderConfig, plan: GrowthPlan) -> DecoderConfig:
     On top of :func:`resize`: eps times the report's factor for ``d`` (padded LayerNorm/RMSNorm
     maps, ``k n / N``); ``readout_mult`` times the fan-in scale of the ``d`` copies when the
     readout is tied (exact when that scale is the same for every copy -- balanced or padded maps
-    -- else the mean scale, ``n/N``); rotary frequencies gathered by the ``hd`` pair map.
+    -- else the mean scale, ``n/N``; ``n/N`` for a ``fitted`` draw of ``d``); rotary
+    frequencies gathered by the ``hd`` pair map (a fitted ``hd``: new pair j takes source pair
+    ``j mod n``'s).
     """
     c = resize(config, plan.report.sizes_after)
     changes: dict[str, Any] = {}
@@ -364,7 +366,14 @@ def grown(config: DecoderConfig, plan: GrowthPlan) -> DecoderConfig:
         m = plan.maps["d"]
         real = np.ones(m.scale.shape, bool) if m.pad is None else ~np.asarray(m.pad)
         changes["readout_mult"] = config.readout_mult * float(np.asarray(m.scale)[real].mean())
+    if config.tied and "d" in plan.fitted and plan.method.scaling == "unbiased":
+        changes["readout_mult"] = config.readout_mult * config.d_model / c.d_model
     if config.positions == "rotary" and "hd" in plan.maps:
         pairs = np.asarray(plan.maps["hd"].index)[: c.head_dim // 2]
+        changes["rope_freqs"] = tuple(config.freqs()[pairs].tolist())
+    elif config.positions == "rotary" and "hd" in plan.fitted:
+        # drawn pairs have no source pair: pair j gets source pair (j mod n)'s frequency, so
+        # kept source pairs (fitted-preserving) keep theirs
+        pairs = np.arange(c.head_dim // 2) % (config.head_dim // 2)
         changes["rope_freqs"] = tuple(config.freqs()[pairs].tolist())
     return replace(c, **changes)

@@ -74,6 +74,11 @@ def _gain_factor(plan: GrowthPlan, spec: Any) -> float:
 
 def _check(plan: GrowthPlan, tree: Any) -> tuple[list[jax.Array], Any]:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if plan.fitted:
+        raise GrowthError(
+            f"method {plan.method.name!r} draws new units from a fitted measure: there is no "
+            "index map to carry optimizer statistics through; start the optimizer afresh"
+        )
     if len(leaves) != len(plan.resolved.leaves):
         raise GrowthError(
             f"plan was made for {len(plan.resolved.leaves)} leaves, the tree has {len(leaves)}"
