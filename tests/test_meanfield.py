@@ -267,3 +267,42 @@ def test_cli_mup_base_width_scales_the_readout_and_mf_base_width_the_multipliers
     _, meta = load_checkpoint(out)
     assert meta["config"]["mults"] == [1 / 8] and meta["base_sizes"] == {"h1": 8.0}
     assert main([*common, "--param", "mf", "--base-width", "0", "--out", out + "0"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments/measure_across_widths.py: its features and effect size
+# ---------------------------------------------------------------------------------------------
+
+
+def test_measure_features_are_width_free_and_the_shift_has_the_stated_size() -> None:
+    from experiments.measure_across_widths import FEATURES, features, shifted
+
+    probe = _batch(40, n=32)
+    dims = {}
+    for n in (8, 24):
+        cfg = MLPConfig(40, (n, n), 10, param="mf")
+        f = features(cfg, params_of(init_model("mlp", cfg, seed=0)), probe)
+        assert set(f) == set(FEATURES) and all(v.shape[0] == n for v in f.values())
+        dims[n] = {k: v.shape[1] for k, v in f.items()}
+    assert dims[8] == dims[24] == {"act/h1": 32, "act/h2": 32, "type/h1": 41, "type/h2": 11}
+    y = np.random.default_rng(0).normal(size=(50, 6)) * np.arange(1, 7)
+    for delta in (0.0, 0.5, 2.0):
+        moved = shifted(y, delta, jax.random.key(1))
+        step = moved - y
+        assert np.allclose(step, step[0])  # one common shift
+        assert np.linalg.norm(step[0]) == pytest.approx(delta * np.sqrt(y.var(0).sum()), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_measure_across_widths_runs_and_detects_the_init_law(tmp_path) -> None:
+    import json
+
+    from experiments.measure_across_widths import main
+
+    args = ["--widths", "8,16", "--seeds", "2", "--steps", "200", "--perms", "50"]
+    assert main([*args, "--params", "mf", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "distance_vs_width.png").exists()
+    rows = res["comparisons"]["mf/act/h1"]["16"]
+    assert rows["init"]["reject_rate"] == 1.0 and rows["same_width"]["mean"] < rows["init"]["mean"]
+    assert res["power"]["mf/act/h1/16"]["1.0"]["reject_rate"] >= 0.5
