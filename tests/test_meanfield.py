@@ -257,6 +257,25 @@ def test_mf_lr_rule_makes_a_relative_base_model_train_like_a_fresh_one(mnist1d) 
     assert wrong > 0.2 and abs(l_wrong - l_fresh) > 0.05, msg  # measured 0.57, 0.14
 
 
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 5.0), ("adam", 0.03)])
+def test_mf_copy_grown_model_tracks_its_source(mnist1d, optimizer, lr) -> None:
+    """An MF net (multipliers 1/16, 1/24) copy-grown h1 x2, h2 x3 keeps its multipliers and,
+    under the MF rules relative to the source widths (SGD ``r_out / r_in``, Adam ``1 / r_in``
+    with eps ``/ r_out``), trains on the same batches like its source to float32 rounding; one
+    global rate diverges (measured gaps: SGD 2.0e-7 vs 3.3e-4, Adam 2.3e-7 vs 0.16; the
+    diverging control shows the updates are not vacuous). Adam runs at eps 1e-8: at eps 1e-5,
+    MF's small stored gradients put Adam in its eps-sensitive regime and on a trained source
+    the right rule's gap grew to ~9e-6 over 100 steps (~2e-7 over 30)."""
+    from growth.apps.track import track
+
+    cfg = MLPConfig(40, (16, 24), 10, param="mf")
+    params = params_of(init_model("mlp", cfg, seed=0))
+    res = track(params, "mlp", cfg, mnist1d, steps=40, optimizer=optimizer, lr=lr, eps=1e-8,
+                width="h1=x2,h2=x3", rules=("right", "global-lr"))  # fmt: skip
+    assert res["gaps"]["right"] <= 1e-6, res["gaps"]
+    assert res["gaps"]["global-lr"] > 1e-4, res["gaps"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the command line: the parametrization travels with the checkpoint
 # ---------------------------------------------------------------------------------------------
