@@ -13,6 +13,7 @@ import pytest
 from conftest import model_fn, random_params, rel_err
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
+from test_decoder import _tokens, configs_and_targets
 
 from growth.engine import apply_plan, plan_growth
 from growth.errors import GrowthError
@@ -144,6 +145,48 @@ def test_mf_resmlp_width_and_depth_growth_is_exact(data) -> None:
 @given(data=st.data())
 def test_mf_resmlp_width_and_depth_growth_is_exact_many(data) -> None:
     _resmlp_case(data)
+
+
+def _decoder_case(case, seed: int) -> None:
+    cfg, width, depth, method = case
+    cfg = dataclasses.replace(cfg, param="mf", attn_scale=None, mults=None)
+    params = _mf_params("decoder", cfg, seed)
+    fam = get_family("decoder")
+    plan = plan_growth(params, fam.spec(cfg), width=width, depth=depth, method=method, key=seed)
+    new, new_cfg = apply_plan(plan, params), grown_config(fam, cfg, plan)
+    tok = _tokens(cfg)
+    ref = model_fn("decoder", cfg)(params, tok)
+    err = rel_err(model_fn("decoder", new_cfg)(new, tok), ref)
+    note(f"rel err {err:.3g}; {plan.report}")
+    assert plan.report.function_preserving and err <= 1e-4  # test_decoder's float32 TOL
+    assert new_cfg.mults == cfg.mults and cfg.attn_scale == 1 / cfg.head_dim
+    grown_d = width["d"] > cfg.d_model or width["ff"] > cfg.d_ff
+    if grown_d:  # resetting the multipliers to 1/N of the grown sizes breaks it
+        reset = dataclasses.replace(new_cfg, mults=None, attn_scale=new_cfg.attn_scale)
+        assert rel_err(model_fn("decoder", reset)(new, tok), ref) > 1e-3
+
+
+@settings(max_examples=4, deadline=None)
+@given(data=st.data())
+def test_mf_decoder_growth_is_exact(data) -> None:
+    _decoder_case(data.draw(configs_and_targets()), data.draw(st.integers(0, 2**16)))
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_mf_decoder_growth_is_exact_many(data) -> None:
+    _decoder_case(data.draw(configs_and_targets()), data.draw(st.integers(0, 2**16)))
+
+
+def test_mf_decoder_is_refused_by_the_hf_exporter() -> None:
+    from growth.formats.hf.layout import hf_config
+    from growth.models.decoder import DecoderConfig
+
+    cfg = DecoderConfig(vocab=16, d_model=8, n_layers=1, n_heads=2, param="mf")
+    assert cfg.mults == (1 / 8, 1 / 32, 1 / 2, 1.0, 1 / 4) and cfg.attn_scale == 1 / 4
+    with pytest.raises(GrowthError, match="mults"):
+        hf_config(cfg, {"model_type": "llama"})
 
 
 def test_mf_config_defaults_and_errors() -> None:

@@ -70,6 +70,7 @@ FAMILIES: dict[str, Family] = {
         decoder.sizes,
         decoder.resize,
         decoder.grown,
+        decoder.reference_sizes,
     ),
 }
 

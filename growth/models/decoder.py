@@ -25,6 +25,14 @@ the config (not derived from ``head_dim``), so growing ``hd`` with k on the fan-
 map); LayerNorm/RMSNorm over a non-multiple ``d`` is exact by padding (the engine) plus the eps
 factor of the report; the tied readout takes the ``d`` copies' fan-in scale through
 ``readout_mult``. :func:`grown` applies all of this to the config.
+
+Mean field (``param="mf"``): every contraction carries a forward multiplier ``1 / n`` of its
+space at the reference widths (``mults`` for ``d, ff, kv, group, hd``: ``m_d`` on q/k/v, the MLP
+input and the readout, ``m_ff`` on the MLP output, ``m_kv m_group m_hd`` on the attention
+output), kernels are drawn so that their types ``n m W`` are N(0, 1) (residual outputs keep the
+GPT-2 factor ``(2L)^-1/2``), the embeddings are O(1) input types, and ``q.k`` is scaled by
+``1/hd`` (muP's attention) unless ``attn_scale`` is given. Growth keeps ``mults`` (the engine's
+fan-in scales divide the copies), as for ``growth.models.mlp``.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import numpy as np
 from flax import nnx
 
 from growth.errors import GrowthError
+from growth.models.mlp import check_mults, check_param, reference_width
 from growth.spec import LeafSpec, NeuronSpec
 
 if TYPE_CHECKING:
@@ -87,6 +96,8 @@ class DecoderConfig:
     rope_base: float = 10000.0
     rope_freqs: tuple[float, ...] | None = None
     gelu_approximate: bool = True
+    param: str = "sp"
+    mults: tuple[float, ...] | None = None  # (m_d, m_ff, m_kv, m_group, m_hd)
 
     def __post_init__(self) -> None:
         def err(field: str, expected: str) -> ConfigError:
@@ -127,8 +138,15 @@ class DecoderConfig:
             )
         if self.d_ff < 1:
             raise err("d_ff", "expected a positive integer")
+        check_param(self, self.param)
+        mf = self.param == "mf"
         if self.attn_scale is None:
-            set_(self, "attn_scale", float(self.head_dim) ** -0.5)
+            set_(self, "attn_scale", float(self.head_dim) ** (-1.0 if mf else -0.5))
+        if self.mults is None:
+            sizes = (self.d_model, self.d_ff, self.n_kv_heads, self.group, self.head_dim)
+            set_(self, "mults", tuple(1.0 / n if mf else 1.0 for n in sizes))
+        set_(self, "mults", tuple(float(m) for m in self.mults))
+        check_mults(self, self.mults, 5)
         for name in ("eps", "attn_scale", "readout_mult", "rope_base"):
             if not (float(getattr(self, name)) > 0 and np.isfinite(getattr(self, name))):
                 raise err(name, "expected a positive finite number")
@@ -213,9 +231,12 @@ class Decoder(nnx.Module):
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         self.config = c = config
         L, d = c.n_layers, c.d_model
-        self.embed = nnx.Param(jax.random.normal(rngs.params(), (c.vocab, d)) * d**-0.5)
+        mf = c.param == "mf"
+        m_d, m_ff, m_kv, m_g, m_hd = c.mults
+        emb = 1.0 if mf else d**-0.5
+        self.embed = nnx.Param(jax.random.normal(rngs.params(), (c.vocab, d)) * emb)
         if c.positions == "learned":
-            self.pos = nnx.Param(jax.random.normal(rngs.params(), (c.max_len, d)) * d**-0.5)
+            self.pos = nnx.Param(jax.random.normal(rngs.params(), (c.max_len, d)) * emb)
         blocks = {}
         for name, (shape, kind) in _block_shapes(c).items():
             if kind == "one":
@@ -224,14 +245,20 @@ class Decoder(nnx.Module):
                 blocks[name] = jnp.zeros((L, *shape))
             else:  # fan-in init; residual outputs shrunk by 1/sqrt(2L) (GPT-2)
                 fan_in = shape[0] if kind == "in" else int(np.prod(shape[:-1]))
-                std = fan_in**-0.5 * ((2 * L) ** -0.5 if kind == "out" else 1.0)
+                if mf:  # type n m W ~ N(0, 1): stored std 1 / (n m)
+                    m = m_d if kind == "in" else (m_ff if name == "w_down" else m_kv * m_g * m_hd)
+                    std = 1.0 / (fan_in * m)
+                else:
+                    std = fan_in**-0.5
+                std *= (2 * L) ** -0.5 if kind == "out" else 1.0
                 blocks[name] = jax.random.normal(rngs.params(), (L, *shape)) * std
         self.blocks = nnx.Dict({k: nnx.Param(v) for k, v in blocks.items()})
         self.final_scale = nnx.Param(jnp.ones((d,)))
         if c.norm == "layer":
             self.final_bias = nnx.Param(jnp.zeros((d,)))
         if not c.tied:
-            self.head = nnx.Param(jax.random.normal(rngs.params(), (d, c.vocab)) * d**-0.5)
+            head = 1.0 / (d * m_d) if mf else d**-0.5
+            self.head = nnx.Param(jax.random.normal(rngs.params(), (d, c.vocab)) * head)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         c = self.config
@@ -248,12 +275,14 @@ class Decoder(nnx.Module):
             cos, sin = jnp.cos(ang), jnp.sin(ang)
         causal = jnp.tril(jnp.ones((T, T), bool))
         soft_dtype = jnp.promote_types(dtype, jnp.float32)
+        m_d, m_ff, m_kv, m_g, m_hd = c.mults
+        m_o = m_kv * m_g * m_hd
 
         def block(x: jax.Array, p: dict[str, jax.Array]) -> tuple[jax.Array, None]:
             h = normalize(x, p["ln1_scale"], p.get("ln1_bias"), c.eps)
-            q = jnp.einsum("btd,dkgh->btkgh", h, p["wq"])
-            k = jnp.einsum("btd,dkh->btkh", h, p["wk"])
-            v = jnp.einsum("btd,dkh->btkh", h, p["wv"])
+            q = m_d * jnp.einsum("btd,dkgh->btkgh", h, p["wq"])
+            k = m_d * jnp.einsum("btd,dkh->btkh", h, p["wk"])
+            v = m_d * jnp.einsum("btd,dkh->btkh", h, p["wv"])
             if c.bias:
                 q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
             if c.positions == "rotary":
@@ -262,21 +291,21 @@ class Decoder(nnx.Module):
             s = jnp.where(causal, s, -jnp.inf)
             a = jax.nn.softmax(s, axis=-1).astype(dtype)
             o = jnp.einsum("bkgts,bskh->btkgh", a, v)
-            x = x + jnp.einsum("btkgh,kghd->btd", o, p["wo"]) + (p["bo"] if c.bias else 0.0)
+            x = x + m_o * jnp.einsum("btkgh,kghd->btd", o, p["wo"]) + (p["bo"] if c.bias else 0.0)
             h = normalize(x, p["ln2_scale"], p.get("ln2_bias"), c.eps)
-            u = h @ p["w_up"] + (p["b_up"] if c.bias else 0.0)
+            u = m_d * (h @ p["w_up"]) + (p["b_up"] if c.bias else 0.0)
             if c.mlp == "swiglu":
-                u = jax.nn.silu(h @ p["w_gate"] + (p["b_gate"] if c.bias else 0.0)) * u
+                u = jax.nn.silu(m_d * (h @ p["w_gate"]) + (p["b_gate"] if c.bias else 0.0)) * u
             else:
                 u = jax.nn.gelu(u, approximate=c.gelu_approximate)
-            return x + u @ p["w_down"] + (p["b_down"] if c.bias else 0.0), None
+            return x + m_ff * (u @ p["w_down"]) + (p["b_down"] if c.bias else 0.0), None
 
         stack = {k: v[...] for k, v in self.blocks.items()}
         x, _ = jax.lax.scan(block, x, stack)
         fb = self.final_bias[...] if c.norm == "layer" else None
         h = normalize(x, self.final_scale[...], fb, c.eps)
         w = self.embed[...].T if c.tied else self.head[...]
-        return c.readout_mult * (h @ w)
+        return (c.readout_mult * m_d) * (h @ w)
 
 
 def spec(config: DecoderConfig) -> NeuronSpec:
@@ -328,6 +357,12 @@ def sizes(config: DecoderConfig) -> dict[str, int]:
         "ff": c.d_ff,
         "blocks": c.n_layers,
     }
+
+
+def reference_sizes(config: DecoderConfig) -> dict[str, float]:
+    """Space -> ``1 / m``: the widths at which the multipliers are ``1 / n`` (``mf``)."""
+    names = ("d", "ff", "kv", "group", "hd")
+    return {s: reference_width(m) for s, m in zip(names, config.mults, strict=True)}
 
 
 def resize(config: DecoderConfig, new: Mapping[str, int]) -> DecoderConfig:

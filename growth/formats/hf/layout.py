@@ -330,11 +330,16 @@ def hf_config(c: DecoderConfig, config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` (a GPT-2 / Llama ``config.json`` dict; other keys kept) with the sizes and eps
     of the decoder ``c``. Refuses what HF cannot express: an attention scale other than
     ``head_dim^-1/2``, non-standard rotary frequencies (a grown ``hd``), GPT-2 with
-    ``d != heads * hd`` or grouped queries, Llama with ``hidden_size % heads != 0``. The readout
-    multiplier is not checked here (see ``growth.formats.hf.decoder.export_params``)."""
+    ``d != heads * hd`` or grouped queries, Llama with ``hidden_size % heads != 0``, forward
+    multipliers other than 1 (a mean-field decoder). The readout multiplier is not checked here (see ``growth.formats.hf.decoder.export_params``)."""
     kind = config["model_type"]
     out = dict(config)
     H, hd, d = c.n_heads, c.head_dim, c.d_model
+    if any(m != 1.0 for m in c.mults):
+        raise GrowthError(
+            f"mults={c.mults} (param={c.param!r}): HF models have no forward multipliers; "
+            "export a decoder with mults all 1 (sp)"
+        )
     types = config.get("layer_types")
     if types is not None and len(types) != c.n_layers:
         if len(set(types)) != 1:
