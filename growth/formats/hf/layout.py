@@ -331,7 +331,8 @@ def hf_config(c: DecoderConfig, config: Mapping[str, Any]) -> dict[str, Any]:
     of the decoder ``c``. Refuses what HF cannot express: an attention scale other than
     ``head_dim^-1/2``, non-standard rotary frequencies (a grown ``hd``), GPT-2 with
     ``d != heads * hd`` or grouped queries, Llama with ``hidden_size % heads != 0``, forward
-    multipliers other than 1 (a mean-field decoder). The readout multiplier is not checked here (see ``growth.formats.hf.decoder.export_params``)."""
+    multipliers other than 1 (a mean-field decoder). The readout multiplier is not checked here
+    (see ``growth.formats.hf.decoder.export_params``)."""
     kind = config["model_type"]
     out = dict(config)
     H, hd, d = c.n_heads, c.head_dim, c.d_model
