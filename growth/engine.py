@@ -9,6 +9,7 @@ nonsensical targets, non-finite weights and impossible method/target combination
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -83,18 +84,54 @@ def _host_value(leaf: Any) -> np.ndarray:
     return np.asarray(leaf)
 
 
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(seed: int, what: str = "seed") -> int:
+    """``seed`` as an int, refused (GrowthError) unless it is an integer in ``0..2**32 - 1``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise GrowthError(f"{what}={seed!r}: expected an integer in 0..{SEED_MAX}")
+    if not 0 <= seed <= SEED_MAX:
+        raise GrowthError(f"{what}={seed}: expected an integer in 0..{SEED_MAX}")
+    return int(seed)
+
+
+def grown_nbytes(
+    resolved: ResolvedSpec, params: Any, width: Mapping[str, int], depth: Mapping[str, int]
+) -> int:
+    """Bytes of the grown leaves, from shapes alone (nothing is allocated): every axis of a
+    width space or depth stack takes its target size, ``sum_leaves prod(shape') * itemsize``."""
+    after = dict(resolved.sizes) | dict(width) | dict(depth)
+    total = 0
+    for leaf, s in zip(jax.tree_util.tree_leaves(params), resolved.leaves, strict=True):
+        shape = [after[a.space] if a else n for a, n in zip(s.axes, np.shape(leaf), strict=True)]
+        total += math.prod(shape) * _dtype(leaf).itemsize
+    return total
+
+
+def _dtype(leaf: Any) -> np.dtype:
+    return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+
+
 def leaf_spreads(params: Any) -> tuple[float, ...]:
     """Per-leaf standard deviation of the entries (float64, on the host), in tree order.
 
-    Also the finiteness check: raises GrowthError naming the first leaf that holds NaN or inf.
+    Also the dtype and finiteness checks: raises GrowthError naming the first leaf that is not
+    floating point or that holds NaN or inf.
     Computed once per plan, one leaf at a time, from the leaf's full value (gathered across
     processes for multi-host arrays), so the noise scales are identical however the leaves are
     sharded, on one host or several.
     """
     spreads = []
     for path, leaf in leaves_with_paths(params):
+        dtype = _dtype(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise GrowthError(
+                f"leaf {path!r} has dtype {dtype}: growth rescales and mixes "
+                "weights, which only floating-point leaves hold; refusing to grow it"
+            )
         x = _host_value(leaf)
-        if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+        if not np.isfinite(x).all():
             raise GrowthError(f"leaf {path!r} contains NaN or inf; refusing to grow it")
         spreads.append(float(np.std(x, dtype=np.float64)) if x.size else 0.0)
     return tuple(spreads)
@@ -246,7 +283,7 @@ def plan_growth(
         spreads = leaf_spreads(params)
     elif len(spreads) != len(resolved.leaves):
         raise GrowthError(f"spreads: {len(spreads)} values for {len(resolved.leaves)} leaves")
-    key = jax.random.key(key) if isinstance(key, (int, np.integer)) else key
+    key = jax.random.key(check_seed(key)) if isinstance(key, (int, np.integer)) else key
     k_maps, k_apply = jax.random.split(key)
 
     if method.sampler == "fitted":

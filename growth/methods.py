@@ -61,6 +61,7 @@ bare ``norm=True`` flag unequal copy counts change the norm statistics; the repo
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from growth.depth import DEPTH_RULES
@@ -125,10 +126,10 @@ class Method:
         ):
             if value not in allowed:
                 raise GrowthError(f"method {field}={value!r}: expected one of {allowed}")
-        if not (self.sigma >= 0 and self.bandwidth >= 0):
-            raise GrowthError(
-                f"method sigma={self.sigma}, bandwidth={self.bandwidth}: must be >= 0"
-            )
+        for field in ("sigma", "bandwidth"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise GrowthError(f"method {field}={v!r}: expected a finite number >= 0")
         if self.fanout_source not in FANOUT_SOURCES:
             raise GrowthError(
                 f"method fanout_source={self.fanout_source!r}: expected one of {FANOUT_SOURCES}"

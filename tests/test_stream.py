@@ -13,6 +13,7 @@ import growth
 import growth.formats.stream
 from growth.errors import CheckpointError
 from growth.formats.checkpoint import load_checkpoint, save_checkpoint
+from growth.formats.outdir import MARKER
 from growth.formats.stream import grow_stream
 from growth.models import get_family, init_model, params_of
 from growth.models.resmlp import ResMLPConfig
@@ -163,7 +164,7 @@ def test_checkpoint_source_bad_input(tmp_path):
     with pytest.raises(CheckpointError, match="no such"):
         grow_stream(tmp_path / "nope", tmp_path / "o", spec)
     save_checkpoint(tmp_path / "src", flat, {})
-    with pytest.raises(CheckpointError, match="exists; refusing"):
+    with pytest.raises(CheckpointError, match="would replace the source"):
         grow_stream(tmp_path / "src", tmp_path / "src", spec)
     # spec does not fit the leaves: the error names the source and the leaf
     bad = NeuronSpec({k: v for k, v in spec.patterns.items() if k != "w2"})
@@ -175,6 +176,9 @@ def test_checkpoint_source_bad_input(tmp_path):
         if k == "w1":
             leaf["shape"][0] += 1
     (tmp_path / "src" / "tree.json").write_text(json.dumps(tree))
+    with pytest.raises(CheckpointError, match=r"src: tree.json is missing or corrupt"):
+        grow_stream(tmp_path / "src", tmp_path / "o", spec)
+    (tmp_path / "src" / MARKER).unlink()  # as written before checksums: the shapes still disagree
     with pytest.raises(CheckpointError, match=r"src: params\['w1'\]: params/ holds float32"):
         grow_stream(tmp_path / "src", tmp_path / "o", spec)
     # NaN: refused at plan time, before anything is written

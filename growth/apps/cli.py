@@ -18,6 +18,34 @@ from growth.methods import DEFAULT_METHOD
 METHOD_HELP = "a recipe (see the list below), optionally with field overrides: 'exact:sigma=4'"
 
 
+def _seed(text: str) -> int:
+    """argparse type of ``--seed``: an integer in ``0..2**32 - 1``."""
+    from growth.engine import check_seed
+
+    try:
+        return check_seed(int(text))
+    except GrowthError as e:  # (a ValueError too)
+        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected an integer") from None
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _nbytes(text: str) -> int:
+    """argparse type of ``--max-bytes``: ``1000000``, ``512M``, ``20G`` (binary units)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        value = float(t[: len(t) - len(unit)]) * _UNITS[unit]
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 2**63:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: expected e.g. 800M or 20G")
+    return int(value)
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """Defaults shown after each option that has one; descriptions and epilogs keep their line
     breaks."""
@@ -100,15 +128,16 @@ def _cmd_train(a: argparse.Namespace) -> int:
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, eval_every=a.eval_every
     )
     path, hist = train_model(
-        a.out, a.model, cfg, tc, dataset=a.dataset, base_sizes=base, overwrite=a.overwrite
-    )
+        a.out, a.model, cfg, tc, dataset=a.dataset, base_sizes=base, overwrite=a.overwrite,
+        checkpoint_every=a.checkpoint_every or None, resume=a.resume,
+    )  # fmt: skip
     print(f"saved {path}: test loss {hist.test_loss[-1]:.4f}, acc {hist.test_acc[-1]:.3f}")
     return 0
 
 
 def _cmd_grow(a: argparse.Namespace) -> int:
     kw = {"width": a.width, "depth": a.depth, "method": a.method, "seed": a.seed,
-          "overwrite": a.overwrite}  # fmt: skip
+          "overwrite": a.overwrite, "max_bytes": a.max_bytes}  # fmt: skip
     if a.from_hf or a.to_hf:
         if not (a.from_hf and a.to_hf) or a.checkpoint:
             raise GrowthError("--from-hf DIR and --to-hf OUT go together, without a checkpoint")
@@ -198,9 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = command(
         "train", "train a model on an embedded dataset and save a checkpoint",
-        _families_text() + "\n\n" + _datasets_text() + "\n\nexample:\n"
+        _families_text() + "\n\n" + _datasets_text() + "\n\nThe training state is saved "
+        "every --checkpoint-every steps and on Ctrl-C (exit 130);\n'--resume' continues "
+        "from it.\n\nexamples:\n"
         "  grow train --model resmlp --width 16 --depth 2 --steps 2000 --out runs/small\n"
-        "  grow train --model mlp --width 64 --param mf --lr 0.03 --out runs/mf64",
+        "  grow train --model mlp --width 64 --param mf --lr 0.03 --out runs/mf64\n"
+        "  grow train --model resmlp --width 16 --depth 2 --steps 2000 --out runs/small "
+        "--resume",
     )  # fmt: skip
     t.add_argument("--model", choices=["mlp", "resmlp"], default="resmlp", help="model family")
     t.add_argument("--width", type=int, default=16, help="hidden width (resmlp: stream width)")
@@ -220,9 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate")
     t.add_argument("--eval-every", type=int, default=100, help="steps between test evaluations")
     t.add_argument("--dataset", default="mnist1d", help="an embedded dataset (listed below)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the init and the data order")
+    t.add_argument("--seed", type=_seed, default=0, help="seed of the init and the data order")
     t.add_argument("--out", required=True, help="checkpoint directory to write")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint that this tool wrote")  # fmt: skip
+    t.add_argument("--checkpoint-every", type=int, default=500,
+                   help="steps between saves of the training state (OUT.training/); 0: none")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run saved in OUT.training/ (same options); "
+                   "the result is bit-identical to an uninterrupted run")  # fmt: skip
     t.set_defaults(func=_cmd_train)
 
     g = command(
@@ -244,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", default="x4", help="'x4', or 'd=64,h=x2' per space")
     g.add_argument("--depth", default="x2", help="'x2', or 'blocks=6'; '' for no depth growth")
     g.add_argument("--method", default=DEFAULT_METHOD, help=METHOD_HELP)
-    g.add_argument("--seed", type=int, default=0, help="seed of the method's random draws")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the method's random draws")
     g.add_argument(
         "--depth-slices", default=None,
         help="HF decoders: stack these half-open source layer ranges, e.g. '0:24,8:32' "
@@ -254,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HF output: largest safetensors shard ('5GB', '500MB', bytes; default: "
                    "growth.formats.hf.io.DEFAULT_SHARD_SIZE, Hugging Face's)")  # fmt: skip
     g.add_argument("--out", default=None, help="grown checkpoint directory")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output that this tool wrote")  # fmt: skip
+    g.add_argument("--max-bytes", type=_nbytes, default=None,
+                   help="largest grown model to build, e.g. 20G (default: what fits in the "
+                   "available memory and the free disk)")  # fmt: skip
     g.set_defaults(func=_cmd_grow)
 
     v = command(
@@ -275,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="default runs/demo (runs/lm_demo for --task lm)")
     d.add_argument("--quick", action="store_true", help="small budget (~2 min on 2 cores)")
     d.add_argument("--method", default=DEFAULT_METHOD, help=METHOD_HELP)
-    d.add_argument("--seed", type=int, default=0, help="seed of data order, inits and growth")
+    d.add_argument("--seed", type=_seed, default=0, help="seed of data order, inits and growth")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
 
@@ -288,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("checkpoint", help="an mfgrow MLP/resmlp checkpoint or a HF BERT directory")
     an.add_argument("--out", default=None, help="write analysis.json + analysis.png here")
     an.add_argument("--draws", type=int, default=8, help="iid growth draws per width")
-    an.add_argument("--seed", type=int, default=0, help="seed of the random controls and draws")
+    an.add_argument("--seed", type=_seed, default=0, help="seed of the random controls and draws")
     an.set_defaults(func=_cmd_analyze)
 
     tr = command(
@@ -320,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GrowthError as e:
         print(f"grow {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"grow {args.command}: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from growth.engine import GrowthReport, apply_plan, plan_growth
+from growth.engine import GrowthReport, apply_plan, grown_nbytes, plan_growth
 from growth.errors import GrowthError
 from growth.formats.checkpoint import load_checkpoint, save_checkpoint
+from growth.formats.outdir import check_out, check_size, out_path, remove, seal
 from growth.methods import DEFAULT_METHOD, Method
 from growth.models import (
     config_from_dict,
@@ -33,6 +35,7 @@ from growth.spec import parse_targets
 from growth.tasks.data import load_dataset
 from growth.tasks.lm_data import LM_DATASET, load_corpus
 from growth.tasks.lm_data import eval_windows as lm_eval_windows
+from growth.tasks.resume import TrainingState
 from growth.tasks.train import History, TrainConfig, evaluate, train
 from theory.parametrization import leaf_rules, lr_multipliers
 
@@ -57,6 +60,12 @@ def init_rescale(resolved: Any, base: Mapping[str, float], param: str) -> tuple[
     return tuple(m.init_std / s.init_std for m, s in zip(mup, sp, strict=True))
 
 
+def training_state_dir(out: str | os.PathLike) -> Path:
+    """Where ``grow train --out OUT`` keeps its periodic training state: ``OUT.training``."""
+    target = out_path(out)
+    return target.with_name(target.name + ".training")
+
+
 def train_model(
     out: str | os.PathLike,
     family: str,
@@ -67,6 +76,8 @@ def train_model(
     base_sizes: Mapping[str, int] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> tuple[os.PathLike, History]:
     """Train a fresh ``family`` model under its config's parametrization and save it with its
     history at ``out``.
@@ -78,7 +89,13 @@ def train_model(
     model at its reference widths). base_sizes: the base widths of ``sp``/``mup`` (default the
     model's own sizes: every factor 1); under ``mf`` it must match the multipliers. The meta
     records ``param`` and the base, so grow/verify/analyze rebuild the same model.
+    ``out`` is checked before the first step. checkpoint_every: save the training state
+    (:func:`training_state_dir`) every this many steps, so that ``resume=True`` continues an
+    interrupted run bit-identically; the state is removed once ``out`` is written. A fresh run
+    refuses an existing state unless ``overwrite``.
     """
+    check_out(out, overwrite=overwrite)
+    state_dir = training_state_dir(out)
     fam = get_family(family)
     data = load_dataset(dataset)
     param = parametrization(config)
@@ -89,25 +106,47 @@ def train_model(
     leaves, treedef = jax.tree_util.tree_flatten(params)
     scaled = [a * f for a, f in zip(leaves, init_rescale(resolved, base, param), strict=True)]
     model = model_from_params(family, config, jax.tree_util.tree_unflatten(treedef, scaled))
-    hist = train(
-        model,
-        data,
-        train_cfg,
-        lr_multipliers=lr_multipliers(resolved, base, param, "adam"),
-        desc=f"train {family}",
-        progress=progress,
-    )
-    meta = {
-        "family": family,
-        "config": config_to_dict(config),
-        "param": param,
-        "dataset": dataset,
-        "base_sizes": base,
-        "train": train_cfg.to_dict(),
-        "history": hist.to_dict(),
-        "test_loss": hist.test_loss[-1],
-    }
-    return save_checkpoint(out, params_of(model), meta, overwrite=overwrite), hist
+    settings = {"family": family, "config": config_to_dict(config), "param": param,
+                "dataset": dataset, "base_sizes": base, "train": train_cfg.to_dict()}  # fmt: skip
+    state = _training_state(state_dir, settings, checkpoint_every, resume, overwrite)
+    try:
+        hist = train(model, data, train_cfg,
+                     lr_multipliers=lr_multipliers(resolved, base, param, "adam"),
+                     desc=f"train {family}", progress=progress, state=state,
+                     resume=resume)  # fmt: skip
+    finally:
+        if state is not None:
+            state.close()
+    meta = settings | {"history": hist.to_dict(), "test_loss": hist.test_loss[-1]}
+    path = save_checkpoint(out, params_of(model), meta, overwrite=overwrite)
+    if state is not None:
+        remove(state_dir)
+    return path, hist
+
+
+def _training_state(
+    state_dir: Path, settings: dict, every: int | None, resume: bool, overwrite: bool
+) -> TrainingState | None:
+    """The training state of ``grow train`` (None without ``every`` or ``resume``): the saved
+    one with ``resume``, else a fresh directory (an existing one is replaced only with
+    ``overwrite``, and only if this tool made it)."""
+    if resume:
+        if not state_dir.is_dir():
+            raise GrowthError(f"--resume: no saved training state at {str(state_dir)!r}")
+        return TrainingState(state_dir, every or settings["train"]["steps"], settings)
+    if not every:
+        return None
+    if os.path.lexists(state_dir):
+        if not overwrite:
+            raise GrowthError(
+                f"a partial run is saved at {str(state_dir)!r}: pass --resume to continue it, "
+                "or --overwrite to start over"
+            )
+        check_out(state_dir, overwrite=True)  # only a state directory this tool made
+        remove(state_dir)
+    state_dir.mkdir(parents=True)
+    seal(state_dir, "training-state", {})
+    return TrainingState(state_dir, every, settings)
 
 
 def grow_checkpoint(
@@ -119,8 +158,13 @@ def grow_checkpoint(
     method: str | Method = DEFAULT_METHOD,
     seed: int = 0,
     overwrite: bool = False,
+    max_bytes: int | None = None,
 ) -> tuple[os.PathLike, GrowthReport]:
-    """Load ``source``, grow it, and save the grown checkpoint (with the report) at ``out``."""
+    """Load ``source``, grow it, and save the grown checkpoint (with the report) at ``out``
+    (checked first: never the source or one of its ancestors). The grown size is bounded
+    before anything is allocated: by ``max_bytes`` if given, else by the available memory and
+    the free disk at ``out`` (``growth.formats.outdir.check_size``)."""
+    check_out(out, overwrite=overwrite, protect=[source])
     model, meta, config = load_model(source)
     fam = get_family(meta["family"])
     params = params_of(model)
@@ -131,6 +175,7 @@ def grow_checkpoint(
     d = depth if isinstance(depth, Mapping) else parse_targets(depth, stacks, "depth")
     if d and not stacks:
         raise GrowthError(f"depth {depth!r}: the {meta['family']} model has no depth stack")
+    check_size(grown_nbytes(resolved, params, w, d), out, max_bytes=max_bytes)
     plan = plan_growth(params, fam.spec(config), width=w, depth=d, method=method, key=seed)
     grown, report = apply_plan(plan, params), plan.report
     new_config = grown_config(fam, config, plan)

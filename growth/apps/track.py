@@ -21,6 +21,7 @@ copy count) and ``coupled-wd`` (L2 decay added to the gradient before the optimi
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -148,6 +149,10 @@ def track(
     """
     if steps < 1:
         raise GrowthError(f"steps={steps}: must be >= 1")
+    if not 0 < eps < math.inf:
+        raise GrowthError(f"eps={eps}: Adam's epsilon must be a finite number > 0")
+    if lr is not None and not 0 < lr < math.inf:
+        raise GrowthError(f"lr={lr}: must be a finite number > 0")
     if optimizer not in CONTROLS:
         raise GrowthError(f"optimizer {optimizer!r}: expected 'sgd' or 'adam'")
     rules = tuple(rules) if rules is not None else ("right", *CONTROLS[optimizer])

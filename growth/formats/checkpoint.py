@@ -5,7 +5,10 @@ Layout of a checkpoint directory ``<path>``::
     params/     orbax ``StandardCheckpointer`` save of the parameter pytree (nested dicts)
     tree.json   exact key structure (int vs str keys) and shape/dtype of every leaf
     meta.json   caller's JSON metadata (model family, config, training info, ...)
-    COMPLETE    marker written last; a directory without it is rejected by ``load_checkpoint``
+    COMPLETE    format line; a directory without it is rejected by ``load_checkpoint``
+    mfgrow-output.json  written last (``growth.formats.outdir``): marks the directory as written
+                by this tool (only such directories are ever overwritten) and records the
+                SHA-256 of every leaf, of tree.json and of meta.json, verified at load
 
 Keys: orbax stringifies dict keys on restore, so int keys are saved as ``str(key)`` inside
 ``params/`` and the true key types are recorded in ``tree.json``; ``load_checkpoint`` restores
@@ -22,18 +25,18 @@ then a collective: every process calls :func:`save_checkpoint` with the same pat
 the same error). It loads anywhere as numpy, whatever the saving topology. Trees of numpy or
 fully addressable arrays are saved by the calling process alone, as usual.
 
-Atomicity: everything is written into a sibling ``<path>.tmp-<random>`` and renamed into place;
-on any error the temporary directory is removed, so an interrupted save never leaves a directory
-at ``<path>`` (at worst a stray ``.tmp-`` sibling after a hard kill, which loading ignores).
+Atomicity (``growth.formats.outdir``): everything is written into a sibling
+``<path>.tmp-<pid>-<random>`` and renamed into place; on any error the temporary directory is
+removed. Overwriting replaces only a checkpoint this tool wrote, never a source or the current
+directory; a replace interrupted between its two renames is completed or rolled back by the next
+save or load of ``<path>``, which also removes the debris of killed runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,8 +48,15 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from growth.errors import CheckpointError, GrowthError
+from growth.formats import outdir
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_info", "write_checkpoint"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint_info",
+    "checkpoint_digests",
+    "write_checkpoint",
+]
 
 PyTree = Any
 _FORMAT = 1
@@ -58,8 +68,10 @@ def _fmt(keys: tuple) -> str:
     return "params" + "".join(f"[{k!r}]" for k in keys)
 
 
-def _encode(tree: Any, keys: tuple = ()) -> tuple[Any, Any]:
-    """Split a nested-dict pytree into an orbax tree (str keys, non-empty leaves) and a skeleton.
+def _encode(tree: Any, digests: dict[str, str], keys: tuple = ()) -> tuple[Any, Any]:
+    """Split a nested-dict pytree into an orbax tree (str keys, non-empty leaves) and a skeleton;
+    ``digests[name]`` receives the SHA-256 of each leaf held by this process (not of a leaf
+    sharded across processes), ``name`` as in error messages (``params['a'][0]``).
 
     Returns:
         ``(orbax_tree, skeleton)``; ``orbax_tree`` is ``None`` where nothing needs storing.
@@ -77,7 +89,7 @@ def _encode(tree: Any, keys: tuple = ()) -> tuple[Any, Any]:
                     f"{_fmt(keys)}: keys {seen[skey]!r} and {key!r} collide when stringified"
                 )
             seen[skey] = key
-            sub, skel = _encode(child, (*keys, key))
+            sub, skel = _encode(child, digests, (*keys, key))
             items.append([key, skel])
             if sub is not None:
                 out[skey] = sub
@@ -98,19 +110,24 @@ def _encode(tree: Any, keys: tuple = ()) -> tuple[Any, Any]:
     dtype = np.dtype(arr.dtype)
     if dtype.kind in _BAD_KINDS or dtype.fields is not None:
         raise CheckpointError(f"{_fmt(keys)}: unsupported dtype {dtype}")
+    if isinstance(arr, np.ndarray):
+        digests[_fmt(keys)] = outdir.tensor_digest(arr)
     skel = {"shape": list(arr.shape), "dtype": dtype.name, "stored": arr.size > 0}
     return (arr if arr.size > 0 else None), skel
 
 
-def _decode(skel: Any, stored: Any, keys: tuple = ()) -> Any:
-    """Rebuild the saved pytree from its skeleton and the orbax-restored tree (str keys)."""
+def _decode(skel: Any, stored: Any, digests: Mapping[str, str], keys: tuple = ()) -> Any:
+    """Rebuild the saved pytree from its skeleton and the orbax-restored tree (str keys),
+    checking each leaf against its recorded SHA-256 (``digests``, by name)."""
     if not isinstance(skel, dict):
         raise CheckpointError(f"{_fmt(keys)}: malformed tree.json entry {skel!r}")
     if "dict" in skel:
         stored = {} if stored is None else stored
         if not isinstance(stored, Mapping):
             raise CheckpointError(f"{_fmt(keys)}: expected a dict in params/, got {type(stored)}")
-        return {k: _decode(child, stored.get(str(k)), (*keys, k)) for k, child in skel["dict"]}
+        return {
+            k: _decode(child, stored.get(str(k)), digests, (*keys, k)) for k, child in skel["dict"]
+        }
     shape, dtype = tuple(skel["shape"]), np.dtype(skel["dtype"])
     if not skel["stored"]:
         return np.zeros(shape, dtype)
@@ -122,6 +139,7 @@ def _decode(skel: Any, stored: Any, keys: tuple = ()) -> Any:
             f"{_fmt(keys)}: params/ holds {arr.dtype}{list(arr.shape)}, "
             f"tree.json says {dtype}{list(shape)}"
         )
+    outdir.verify_tensor(arr, digests.get(_fmt(keys)), _fmt(keys), "params/")
     return arr
 
 
@@ -173,31 +191,6 @@ def _orbax_restore(directory: Path) -> Any:
         return ckptr.restore(directory, args=ocp.args.PyTreeRestore(restore_args=numpy))
 
 
-def _looks_like_checkpoint(path: Path) -> bool:
-    """True for a directory we may replace: empty, or holding our checkpoint files."""
-    if not path.is_dir() or path.is_symlink():
-        return False
-    names = set(os.listdir(path))
-    return not names or bool(names & {_COMPLETE, _META, _PARAMS})
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Best-effort fsync of a directory so a completed rename survives a crash."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(
     path: str | os.PathLike, params: PyTree, meta: dict, *, overwrite: bool = False
 ) -> Path:
@@ -218,18 +211,18 @@ def save_checkpoint(
             ``path`` exists (without ``overwrite``, or is not a checkpoint), or writing failed
             (wrapping the underlying exception); no directory is left at ``path`` on failure.
     """
-    target = Path(path).expanduser().absolute()
+    target = outdir.out_path(path)
     meta_text = _dump_meta(meta)
     if not isinstance(params, Mapping):
         raise CheckpointError(f"params must be a nested dict, got {type(params).__name__}")
-    orbax_tree, skeleton = _encode(params)
+    digests: dict[str, str] = {}
+    orbax_tree, skeleton = _encode(params, digests)
     collective = any(
         isinstance(x, jax.Array) and not x.is_fully_addressable
         for x in jax.tree_util.tree_leaves(orbax_tree)
     )
-    return _commit(
-        target, skeleton, meta_text, lambda d: _write_params(d, orbax_tree), overwrite, collective
-    )
+    write = lambda d: _write_params(d, orbax_tree)  # noqa: E731
+    return _commit(target, skeleton, meta_text, write, digests, overwrite, collective)
 
 
 def _write_params(directory: Path, orbax_tree: dict | None) -> None:
@@ -244,16 +237,17 @@ def write_checkpoint(
     skeleton: dict,
     meta: dict,
     write_params: Callable[[Path], None],
+    digests: Mapping[str, str],
     *,
     overwrite: bool = False,
 ) -> Path:
     """Lower-level :func:`save_checkpoint` for callers that write ``params/`` themselves (e.g.
     ``growth.formats.stream``, one leaf at a time): ``write_params(dir)`` must create ``dir`` as an
-    orbax
-    PyTree save of the stored leaves of ``skeleton`` (the ``tree.json`` tree, see ``_encode``).
-    Same atomicity: nothing is left at ``path`` if ``write_params`` raises."""
-    target = Path(path).expanduser().absolute()
-    return _commit(target, skeleton, _dump_meta(meta), write_params, overwrite)
+    orbax PyTree save of the stored leaves of ``skeleton`` (the ``tree.json`` tree, see
+    ``_encode``) and fill ``digests`` (leaf name -> ``outdir.tensor_digest``), which is
+    recorded once it returns. Same atomicity: nothing is left at ``path`` if it raises."""
+    target = outdir.out_path(path)
+    return _commit(target, skeleton, _dump_meta(meta), write_params, digests, overwrite)
 
 
 def _commit(
@@ -261,81 +255,87 @@ def _commit(
     skeleton: dict,
     meta_text: str,
     write_params: Callable[[Path], None],
+    digests: Mapping[str, str],
     overwrite: bool,
     collective: bool = False,
 ) -> Path:
-    """Write the checkpoint into a temporary sibling, then rename it to ``target``.
+    """Write the checkpoint into a temporary sibling, then rename it to ``target``
+    (``growth.formats.outdir``: only an output this tool wrote is replaced, interrupted
+    replaces are recovered, the marker with the leaves' checksums is written last).
 
     ``collective``: every process runs this with the same arguments (a multi-host save): they
     agree on the temporary name, all write their shards via ``write_params``, process 0 alone
-    creates, finishes and renames, and each step's outcome on process 0 is shared, so all
-    processes return or raise together.
+    checks, creates, finishes and renames, and each step's outcome on process 0 is shared, so
+    all processes return or raise together.
     """
-    tree_text = json.dumps({"format": _FORMAT, "tree": skeleton})
-    exists = os.path.lexists(target)
-    if exists and not overwrite:
-        raise CheckpointError(f"checkpoint path {target} already exists (pass overwrite=True)")
-    if exists and not _looks_like_checkpoint(target):
-        raise CheckpointError(f"refusing to overwrite {target}: not a checkpoint directory")
-    token = _shared_token() if collective else secrets.token_hex(6)
-    tmp = target.with_name(f"{target.name}.tmp-{token}")
+    token = _shared_token() if collective else None
+    tmp = outdir.temp_path(target, token)
     primary = not collective or jax.process_index() == 0
     err: Exception | None = None
+    exists = False
     if primary:
         try:
+            exists = outdir.check_out(target, overwrite=overwrite)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
+        except CheckpointError as e:
+            err = e
         except OSError as e:
-            err = CheckpointError(f"cannot create {tmp}: {type(e).__name__}: {e}")
+            err = CheckpointError(f"cannot create {tmp}: {outdir.describe_os_error(e)}")
     _raise_together(err, collective, f"process 0 could not create {tmp}")
     try:
         write_params(tmp / _PARAMS)
         if primary:
-            _finish(tmp, target, exists, tree_text, meta_text)
+            tree_text = json.dumps({"format": _FORMAT, "tree": skeleton})
+            _finish(tmp, target, exists, tree_text, meta_text, digests)
     except BaseException as e:
         if primary:
-            _remove(tmp)
+            outdir.remove(tmp)
         if not isinstance(e, Exception):
             raise
         if isinstance(e, GrowthError):
             err = e
         else:
-            err = CheckpointError(f"saving checkpoint to {target} failed: {type(e).__name__}: {e}")
+            why = outdir.describe_os_error(e)
+            err = CheckpointError(f"saving checkpoint to {target} failed: {why}")
             err.__cause__ = e
     _raise_together(err, collective, f"saving checkpoint to {target} failed on process 0")
     return target
 
 
-def _finish(tmp: Path, target: Path, exists: bool, tree_text: str, meta_text: str) -> None:
-    """Write the JSON files and the COMPLETE marker into ``tmp``, then rename it to ``target``
-    (an existing checkpoint there is moved aside first and restored if the rename fails)."""
+def _finish(
+    tmp: Path, target: Path, exists: bool, tree_text: str, meta_text: str, digests: Mapping
+) -> None:
+    """Write the JSON files, the COMPLETE file and the marker (checksums) into ``tmp``, then
+    rename it to ``target`` (``outdir.install``)."""
     _write_text(tmp / _TREE, tree_text)
     _write_text(tmp / _META, meta_text)
     _write_text(tmp / _COMPLETE, f"mfgrow checkpoint format {_FORMAT}\n")
-    if exists:
-        old = target.with_name(f"{target.name}.old-{secrets.token_hex(6)}")
-        os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            os.rename(old, target)
-            raise
-        _remove(old)
-    else:
-        os.rename(tmp, target)
-    _fsync_dir(target.parent)
+    outdir.seal(tmp, "checkpoint", digests, [_TREE, _META])
+    outdir.install(tmp, target, exists)
 
 
 def _shared_token() -> str:
-    """Process 0's random hex token, on every process (a collective)."""
-    mine = np.frombuffer(secrets.token_bytes(6), np.uint8)
-    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine), np.uint8)).hex()
+    """Process 0's ``"<pid>-<random hex>"`` token, on every process (a collective)."""
+    mine = np.frombuffer(os.getpid().to_bytes(4, "little") + secrets.token_bytes(6), np.uint8)
+    raw = bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine), np.uint8))
+    return f"{int.from_bytes(raw[:4], 'little')}-{raw[4:].hex()}"
+
+
+_MESSAGE_BYTES = 2048
 
 
 def _raise_together(err: Exception | None, collective: bool, what: str) -> None:
-    """Raise ``err``; in a collective save, every process also raises when process 0 failed."""
-    if collective and int(multihost_utils.broadcast_one_to_all(np.int32(err is not None))):
-        err = err or CheckpointError(what)
+    """Raise ``err``; in a collective save, every process also raises when process 0 failed,
+    with process 0's message (``what`` if it has none)."""
+    if collective:
+        text = "" if err is None else (str(err) or what)
+        raw = np.zeros(_MESSAGE_BYTES + 1, np.uint8)
+        data = text.encode()[:_MESSAGE_BYTES]
+        raw[0], raw[1 : 1 + len(data)] = err is not None, np.frombuffer(data, np.uint8)
+        got = np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)
+        if got[0] and err is None:
+            err = CheckpointError(bytes(got[1:]).rstrip(b"\0").decode(errors="replace") or what)
     if err is not None:
         raise err
 
@@ -362,6 +362,7 @@ def read_checkpoint_info(path: str | os.PathLike) -> tuple[Path, dict, dict]:
         CheckpointError: as :func:`load_checkpoint`, for everything but the orbax restore.
     """
     ckpt = Path(path).expanduser().absolute()
+    outdir.recover(ckpt)
     if not os.path.lexists(ckpt):
         raise CheckpointError(f"checkpoint {ckpt} does not exist")
     if not ckpt.is_dir():
@@ -383,6 +384,15 @@ def read_checkpoint_info(path: str | os.PathLike) -> tuple[Path, dict, dict]:
     return ckpt, info["tree"], meta
 
 
+def checkpoint_digests(ckpt: Path) -> dict[str, str]:
+    """The SHA-256 of every leaf recorded at save (by name, ``params['a'][0]``), after checking
+    ``tree.json`` and ``meta.json`` against theirs; empty for a checkpoint written before
+    checksums existed (no marker)."""
+    marker = outdir.read_marker(ckpt)
+    outdir.verify_files(ckpt, marker)
+    return dict(marker["tensors"]) if marker else {}
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[PyTree, dict]:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
@@ -392,10 +402,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PyTree, dict]:
 
     Raises:
         CheckpointError: ``path`` missing / not a directory / incomplete (no ``COMPLETE``),
-            ``meta.json`` or ``tree.json`` missing or invalid, ``params/`` missing, or the orbax
-            restore failed (the message names the path and the underlying error).
+            ``meta.json`` or ``tree.json`` missing, invalid or altered, ``params/`` missing, the
+            orbax restore failed (the message names the path and the underlying error), or a
+            leaf does not match its recorded checksum (the message names the leaf).
     """
     ckpt, skeleton, meta = read_checkpoint_info(path)
+    digests = checkpoint_digests(ckpt)
     params_dir = ckpt / _PARAMS
     stored = None
     if any(True for _ in params_dir.iterdir()):
@@ -406,7 +418,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PyTree, dict]:
                 f"checkpoint {ckpt}: orbax restore of {_PARAMS}/ failed: {type(e).__name__}: {e}"
             ) from e
     try:
-        params = _decode(skeleton, stored)
+        params = _decode(skeleton, stored, digests)
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {ckpt}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:

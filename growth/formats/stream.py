@@ -38,9 +38,10 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
 
-from growth.engine import GrowthReport, apply_leaves, plan_growth
+from growth.engine import GrowthReport, apply_leaves, grown_nbytes, plan_growth
 from growth.errors import CheckpointError, GrowthError, SpecError
-from growth.formats.checkpoint import read_checkpoint_info, write_checkpoint
+from growth.formats import outdir
+from growth.formats.checkpoint import checkpoint_digests, read_checkpoint_info, write_checkpoint
 from growth.methods import DEFAULT_METHOD, Method
 from growth.spec import NeuronSpec, path_str
 
@@ -65,6 +66,7 @@ class LazyTensor:
 
     def __init__(self, fd: int, base: int, name: str, entry: dict):
         self.name, self._fd = name, fd
+        self.digest: str | None = None  # SHA-256 recorded at save, checked on every read
         self.shape = tuple(entry["shape"])
         self.dtype = _numpy_dtype(entry["dtype"], name)
         start, end = entry["data_offsets"]
@@ -75,6 +77,7 @@ class LazyTensor:
         if len(buf) != self._size:
             raise CheckpointError(f"tensor {self.name!r}: file truncated")
         x = np.frombuffer(buf, self.dtype).reshape(self.shape)
+        outdir.verify_tensor(x, self.digest, repr(self.name), "safetensors data")
         return x if dtype is None else x.astype(dtype)
 
     @property
@@ -127,9 +130,12 @@ class CheckpointLeaf:
     Reading a leaf costs O(its size), not O(tree). Zero-size leaves, which the format does not
     store, come back as zeros."""
 
-    def __init__(self, info: dict | None, where: str, shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(
+        self, info: dict | None, where: str, shape: tuple[int, ...], dtype: np.dtype,
+        digest: str | None = None,
+    ):  # fmt: skip
         self._info, self.name = info, where  # info: ParamInfo fields but the context
-        self.shape, self.dtype = shape, dtype
+        self.shape, self.dtype, self._digest = shape, dtype, digest
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         if self._info is None:
@@ -153,6 +159,7 @@ class CheckpointLeaf:
                     f"{self.name}: params/ holds {x.dtype}{list(x.shape)}, "
                     f"tree.json says {self.dtype}{list(self.shape)}"
                 )
+            outdir.verify_tensor(x, self._digest, self.name, "params/")
         return x if dtype is None else x.astype(dtype)
 
 
@@ -196,17 +203,19 @@ def _open_safetensors(path: Path) -> _Source:
     return _Source(tree, None, lambda: os.close(fd))
 
 
-def _lazy_tree(skel: Any, meta: Any, make_info: Callable, ckpt: Path, keys: tuple = ()):
+def _lazy_tree(
+    skel: Any, meta: Any, make_info: Callable, ckpt: Path, digests: dict, keys: tuple = ()
+):
     """Rebuild the saved nested dict (true key types) with :class:`CheckpointLeaf` leaves;
     ``meta`` is orbax's metadata tree of ``params/``, ``make_info(name)`` a leaf's ParamInfo
-    fields."""
+    fields, ``digests`` the recorded checksums by leaf name."""
     where = "params" + "".join(f"[{k!r}]" for k in keys)
     if not isinstance(skel, dict):
         raise CheckpointError(f"checkpoint {ckpt}: {where}: malformed tree.json entry {skel!r}")
     if "dict" in skel:
         meta = meta if isinstance(meta, Mapping) else {}
         return {
-            k: _lazy_tree(child, meta.get(str(k)), make_info, ckpt, (*keys, k))
+            k: _lazy_tree(child, meta.get(str(k)), make_info, ckpt, digests, (*keys, k))
             for k, child in skel["dict"]
         }
     try:
@@ -223,7 +232,7 @@ def _lazy_tree(skel: Any, meta: Any, make_info: Callable, ckpt: Path, keys: tupl
                 f"{list(meta.shape)}, tree.json says {dtype}{list(shape)}"
             )
         info = make_info(meta.name)
-    return CheckpointLeaf(info, f"checkpoint {ckpt}: {where}", shape, dtype)
+    return CheckpointLeaf(info, f"checkpoint {ckpt}: {where}", shape, dtype, digests.get(where))
 
 
 def _open_checkpoint(path: Path) -> _Source:
@@ -245,7 +254,7 @@ def _open_checkpoint(path: Path) -> _Source:
         return dict(name=name, parent_dir=epath.Path(params_dir), is_ocdbt_checkpoint=use_ocdbt,
                     use_zarr3=use_zarr3, value_typestr="np.ndarray")  # fmt: skip
 
-    tree = _lazy_tree(skeleton, tree_meta, make_info, ckpt)
+    tree = _lazy_tree(skeleton, tree_meta, make_info, ckpt, checkpoint_digests(ckpt))
     return _Source(tree, meta, lambda: None)
 
 
@@ -281,15 +290,21 @@ def _write_safetensors(out: Path, names, shapes, dtypes, grown: Callable[[int], 
     for name, dt in zip(names, dtypes, strict=True):
         if np.dtype(dt).name not in _DTYPES:
             raise CheckpointError(f"tensor {name!r}: dtype {dt} cannot be written to safetensors")
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = outdir.temp_path(out)
     try:
         with open(tmp, "wb") as w:
             w.write(safetensors_header(names, shapes, dtypes))
             for j in range(len(names)):
                 w.write(np.ascontiguousarray(grown(j)).tobytes())
-        os.replace(tmp, out)
-    except BaseException:
+            w.flush()
+            os.fsync(w.fileno())
+        os.link(tmp, out)  # fails if out appeared meanwhile: never replaces anything
+        tmp.unlink()
+        outdir.fsync_dir(out.parent)
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"writing {out} failed: {outdir.describe_os_error(e)}") from e
         raise
 
 
@@ -364,6 +379,7 @@ def grow_stream(
     key: int = 0,
     meta: dict | None = None,
     out_format: str | None = None,
+    max_bytes: int | None = None,
 ) -> GrowthReport:
     """Grow ``source`` into ``out`` one leaf at a time.
 
@@ -374,6 +390,8 @@ def grow_stream(
         structure; ``meta`` is its ``meta.json``, by default ``{"source", "source_meta",
         "growth"}``). Existing outputs are never overwritten.
     out_format: ``"safetensors"`` or ``"checkpoint"``; by default from ``out``'s suffix.
+    max_bytes: bound on the grown size (default: the free disk at ``out``), checked before
+        anything is computed.
 
     ``spec`` patterns match the tree paths of the source (for safetensors, the tensor names).
     The grown tensors equal ``growth.grow(loaded source, spec, ...)`` bit for bit.
@@ -385,11 +403,12 @@ def grow_stream(
     out_format = out_format or ("safetensors" if out.suffix == ".safetensors" else "checkpoint")
     if out_format not in ("safetensors", "checkpoint"):
         raise ValueError(f"out_format={out_format!r}: expected 'safetensors' or 'checkpoint'")
-    if os.path.lexists(out):
-        raise CheckpointError(f"{str(out)!r} exists; refusing to overwrite it")
+    outdir.check_out(out, overwrite=False, protect=[source])
     src = _open(source)
     try:
         try:
+            nbytes = grown_nbytes(spec.resolve(src.tree), src.tree, width or {}, depth or {})
+            outdir.check_size(nbytes, out, max_bytes=max_bytes, in_memory=False)
             plan = plan_growth(src.tree, spec, width=width, depth=depth, method=method, key=key)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from e
@@ -407,9 +426,15 @@ def grow_stream(
         ]
         dtypes = [np.dtype(x.dtype) for x in leaves]
 
+        digests: dict[str, str] = {}
+
         def grown(j: int) -> np.ndarray:
             (y,) = apply_leaves(plan, [np.asarray(leaves[j])], j, keep_sharding=False)
-            return np.asarray(y, dtypes[j])
+            y = np.asarray(y, dtypes[j])
+            digests["params" + "".join(f"[{k.key!r}]" for k in flat[j][0])] = (
+                outdir.tensor_digest(y)
+            )
+            return y
 
         if out_format == "safetensors":
             names = [path_str(p) for p, _ in flat]
@@ -420,7 +445,8 @@ def grow_stream(
             if meta is None:
                 meta = {"source": str(source), "source_meta": src.meta,
                         "growth": plan.report.to_dict()}  # fmt: skip
-            write_checkpoint(out, skeleton, meta, lambda d: _orbax_save_grown(d, tree))
+            write = lambda d: _orbax_save_grown(d, tree)  # noqa: E731
+            write_checkpoint(out, skeleton, meta, write, digests)
     finally:
         src.close()
     return plan.report

@@ -27,7 +27,7 @@ import operator
 import os
 import random
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -262,9 +262,7 @@ def load_dataset(name: str = "mnist1d") -> Dataset:
     return factory()
 
 
-def iterate_batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> BatchStream:
     """Infinite stream of shuffled minibatches.
 
     Each epoch draws a fresh permutation from ``np.random.default_rng(seed)`` and yields
@@ -297,13 +295,37 @@ def iterate_batches(
         raise GrowthError(f"batch_size must be an integer, got {batch_size!r}") from None
     if not 1 <= bs <= n:
         raise GrowthError(f"batch_size must be in 1..{n} (len(x)), got {bs}")
-    rng = np.random.default_rng(seed)
+    return BatchStream(x, y, bs, seed)
 
-    def _stream() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        while True:
-            perm = rng.permutation(n)
-            for start in range(0, n - bs + 1, bs):
-                idx = perm[start : start + bs]
-                yield x[idx], y[idx]
 
-    return _stream()
+class BatchStream:
+    """The iterator :func:`iterate_batches` returns, with a resumable position: :meth:`state`
+    (the RNG's bit-generator state, the epoch's permutation and the offset in it) and
+    :meth:`set_state`, after which the stream goes on exactly as the saved one would have."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.perm, self.start = np.zeros(len(x), np.int64), len(x)  # a new epoch first
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.start + self.batch_size > len(self.x):
+            self.perm, self.start = self.rng.permutation(len(self.x)), 0
+        idx = self.perm[self.start : self.start + self.batch_size]
+        self.start += self.batch_size
+        return self.x[idx], self.y[idx]
+
+    def state(self) -> dict:
+        """``{"rng": bit-generator state (JSON), "perm": int array [n], "start": int}``."""
+        return {"rng": self.rng.bit_generator.state, "perm": self.perm.copy(),
+                "start": self.start}  # fmt: skip
+
+    def set_state(self, state: dict) -> None:
+        perm = np.asarray(state["perm"])
+        if perm.shape != (len(self.x),) or not 0 <= state["start"] <= len(self.x):
+            raise GrowthError(f"batch stream state does not fit {len(self.x)} examples")
+        self.rng.bit_generator.state = state["rng"]
+        self.perm, self.start = perm.astype(np.int64), int(state["start"])

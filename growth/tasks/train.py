@@ -8,7 +8,10 @@ scratch are trained under the same width-aware rule.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,8 +23,10 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from growth.engine import check_seed
 from growth.errors import GrowthError
 from growth.tasks.data import Dataset, iterate_batches
+from growth.tasks.resume import TrainingState
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,9 @@ class TrainConfig:
                 raise GrowthError(f"train {name}={getattr(self, name)}: must be >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise GrowthError(f"train lr={self.lr}: must be a positive number")
-        if self.warmup < 0 or self.weight_decay < 0:
-            raise GrowthError("train warmup and weight_decay must be >= 0")
+        if self.warmup < 0 or not 0 <= self.weight_decay < math.inf:
+            raise GrowthError("train warmup and weight_decay must be finite and >= 0")
+        check_seed(self.seed, "train seed")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +138,8 @@ def fit(
     desc: str = "train",
     progress: bool = True,
     transform: Callable[[Any, jax.Array], Any] | None = None,
+    state: TrainingState | None = None,
+    resume: bool = False,
 ) -> History:
     """Train ``model`` in place with AdamW; the task-independent loop.
 
@@ -144,10 +152,18 @@ def fit(
     flow through it to the raw params the optimizer updates -- and before every evaluation; the
     model ends holding the effective params at ``t = cfg.steps`` (e.g. MSG's growth mask,
     ``growth.recipes.msg.msg_transform``). Without it the loop is unchanged.
+
+    state: where to save the training state every ``state.every`` steps
+    (:mod:`growth.tasks.resume`; ``batches`` must then be a :class:`BatchStream`); with
+    ``resume`` the loop starts from the latest saved state and ends bit-identical to a run that
+    was never interrupted. Ctrl-C (SIGINT) stops the loop between two steps, saves the state
+    (if ``state``) and raises :class:`TrainingInterrupted`.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt = make_optimizer(cfg, lr_multipliers)
     opt_state = opt.init(params)
+    if state is not None and not hasattr(batches, "state"):
+        raise GrowthError(f"{desc}: resumable training needs a BatchStream of batches")
 
     def effective(p, t):
         return p if transform is None else transform(p, t)
@@ -161,7 +177,16 @@ def fit(
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    hist = History()
+    hist, running, start = History(), [], 0
+    if resume:
+        if state is None:
+            raise GrowthError(f"{desc}: resume needs a training state directory")
+        saved = state.restore((params, opt_state), batches.state())
+        treedef = jax.tree_util.tree_structure((params, opt_state))
+        params, opt_state = jax.tree_util.tree_unflatten(treedef, map(jnp.asarray, saved.leaves))
+        batches.set_state(saved.data)
+        hist, start = History(**saved.history), saved.step
+        running = [jnp.asarray(r) for r in saved.running]
     held = effective if transform is None else jax.jit(transform)  # what the model holds
 
     def record(k: int) -> None:
@@ -171,23 +196,58 @@ def fit(
         hist.test_loss.append(float(loss))
         hist.test_acc.append(float(acc))
 
-    record(0)
-    bar = tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, leave=False)
-    running = []
-    for k in bar:
-        batch = tuple(jnp.asarray(b) for b in next(batches))
-        params, opt_state, loss = step(params, opt_state, jnp.int32(k - 1), *batch)
-        running.append(loss)
-        if k % cfg.eval_every == 0 or k == cfg.steps:
-            train_loss = float(jnp.mean(jnp.stack(running)))
-            running = []
-            if not math.isfinite(train_loss):
-                raise GrowthError(f"{desc}: training diverged at step {k} (loss {train_loss})")
-            hist.train_loss.append(train_loss)
-            record(k)
-            bar.set_postfix(train=f"{train_loss:.3f}", test=f"{hist.test_loss[-1]:.3f}")
+    def save(k: int) -> None:
+        if state is not None:
+            state.save(k, (params, opt_state), batches.state(), hist.to_dict(), running)
+
+    if not resume:
+        record(0)
+    bar = tqdm(range(start + 1, cfg.steps + 1), desc=desc, disable=not progress, leave=False)
+    with _sigint_flag() as interrupted:
+        for k in bar:
+            if interrupted():
+                save(k - 1)
+                kept = f"; the state is saved in {state.directory}" if state else ""
+                raise TrainingInterrupted(f"{desc}: stopped after step {k - 1}{kept}")
+            batch = tuple(jnp.asarray(b) for b in next(batches))
+            params, opt_state, loss = step(params, opt_state, jnp.int32(k - 1), *batch)
+            running.append(loss)
+            if k % cfg.eval_every == 0 or k == cfg.steps:
+                train_loss = float(jnp.mean(jnp.stack(running)))
+                running = []
+                if not math.isfinite(train_loss):
+                    raise GrowthError(f"{desc}: training diverged at step {k} (loss {train_loss})")
+                hist.train_loss.append(train_loss)
+                record(k)
+                bar.set_postfix(train=f"{train_loss:.3f}", test=f"{hist.test_loss[-1]:.3f}")
+            if state is not None and k % state.every == 0 and k < cfg.steps:
+                save(k)
+            if _after_step is not None:
+                _after_step(k)
     nnx.update(model, held(params, jnp.int32(cfg.steps)))
     return hist
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training loop between two steps; the message says what was saved."""
+
+
+_after_step: Callable[[int], None] | None = None  # test hook: runs after each step
+
+
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[Callable[[], bool]]:
+    """While active (main thread only), SIGINT sets a flag instead of raising at once, so the
+    loop stops between two steps with a consistent state; yields the flag's reader."""
+    hits: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def train(
@@ -199,9 +259,11 @@ def train(
     desc: str = "train",
     progress: bool = True,
     transform: Callable[[Any, jax.Array], Any] | None = None,
+    state: TrainingState | None = None,
+    resume: bool = False,
 ) -> History:
     """Train a classifier in place on ``data`` (cross-entropy) and return its history
-    (``transform``: see :func:`fit`)."""
+    (``transform``, ``state``, ``resume``: see :func:`fit`)."""
     return fit(
         model,
         iterate_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed),
@@ -212,6 +274,8 @@ def train(
         desc=desc,
         progress=progress,
         transform=transform,
+        state=state,
+        resume=resume,
     )
 
 

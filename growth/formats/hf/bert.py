@@ -33,7 +33,7 @@ A numpy reference forward and tokenizer for these checkpoints live in
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,14 @@ from growth.formats.hf.io import (  # noqa: F401  (CONFIG, WEIGHTS, SUPPORTED: p
     read_tensors,
     refuse_unused,
     resized_side_files,
+    restore_dtypes,
     write_checkpoint,
 )
 from growth.formats.hf.io import PRIVATE as _PRIVATE
 from growth.formats.hf.io import numpy_tree as _numpy_tree
 from growth.formats.hf.io import parse_growth_targets as _targets
+from growth.formats.hf.layout import need
+from growth.formats.outdir import check_out, check_size
 from growth.methods import DEFAULT_METHOD
 from growth.spec import LeafSpec, NeuronSpec
 
@@ -132,6 +135,33 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+_SIZES = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size",
+          "max_position_embeddings", "vocab_size", "type_vocab_size")  # fmt: skip
+
+
+def bert_shapes(path: Path, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shape of every BertModel tensor (by HF suffix; layer tensors under
+    ``encoder.layer.{i}.``) that ``config.json`` implies; CheckpointError for a size that is
+    not a positive integer or a hidden size the heads do not divide."""
+    try:
+        L, H, d, ff, P, V, T = (need(config, k) for k in _SIZES)
+    except CheckpointError as e:
+        raise CheckpointError(f"HF checkpoint {str(path)!r}: {e}") from None
+    if d % H:
+        raise CheckpointError(
+            f"HF checkpoint {str(path)!r}: config.json hidden_size={d} is not divisible by "
+            f"num_attention_heads={H}"
+        )
+    emb = {"word": (V, d), "position": (P, d), "token_type": (T, d), "ln_g": (d,), "ln_b": (d,)}
+    shapes = {_EMB_KEYS[k]: v for k, v in emb.items()}
+    for name, suffix in _LAYER_KEYS.items():
+        kind = name.split("_")[0]
+        vector = name.endswith(("_b", "_g"))
+        full = {"ff1": (ff, d), "ff2": (d, ff)}.get(kind, (d, d))
+        shapes[suffix] = full[:1] if vector else full
+    return shapes | {_POOLER_KEYS["w"]: (d, d), _POOLER_KEYS["b"]: (d,), _BUFFERS[0]: (1, P)}
+
+
 def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
     """Load a HF BERT checkpoint directory -> ``(params, config, spec)`` (GPT-2 / Llama: see
     :func:`growth.formats.hf.decoder.load_decoder`).
@@ -147,17 +177,23 @@ def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
 
         return load_decoder(path)
     config = _read_config(path)
+    shapes = bert_shapes(path, config)
     tensors, metadata = read_tensors(path)
 
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
-    L = int(config["num_hidden_layers"])
-    H = int(config["num_attention_heads"])
+    L, H = config["num_hidden_layers"], config["num_attention_heads"]
     used: set[str] = set()
 
     def take(key: str) -> np.ndarray:
         full = prefix + key
         if full not in tensors:
             raise CheckpointError(f"{path / WEIGHTS}: missing tensor {full!r}")
+        want = shapes[key.split(".", 3)[-1] if key.startswith("encoder.layer.") else key]
+        if tuple(tensors[full].shape) != want:
+            raise CheckpointError(
+                f"{path / WEIGHTS}: tensor {full!r} has shape {tuple(tensors[full].shape)}, "
+                f"config.json implies {want}"
+            )
         used.add(full)
         return tensors[full]
 
@@ -186,8 +222,7 @@ def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
     buffers = {}
     for key in _BUFFERS:
         if prefix + key in tensors:
-            used.add(prefix + key)
-            buffers[key] = str(tensors[prefix + key].dtype)
+            buffers[key] = str(take(key).dtype)
     refuse_unused(
         path, tensors, used,
         "only BertModel weights, optionally under 'bert.', are supported; task heads are not",
@@ -197,6 +232,7 @@ def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
         "prefix": prefix,
         "buffers": buffers,
         "dtypes": dtypes,
+        "tensor_dtypes": {k: str(tensors[k].dtype) for k in sorted(used)},
         "metadata": metadata,
     }
     return params, config, bert_spec("pooler" in params)
@@ -241,7 +277,8 @@ def _to_tensors(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[st
     for key, dtype in priv.get("buffers", {}).items():
         P = int(config["max_position_embeddings"])
         out[prefix + key] = np.arange(P, dtype=dtype)[None]
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    out = {k: np.ascontiguousarray(v) for k, v in out.items()}
+    return restore_dtypes(out, priv.get("tensor_dtypes", {}))
 
 
 def save_hf(
@@ -261,8 +298,7 @@ def save_hf(
     ``source``: a checkpoint directory whose non-weight files (tokenizer, generation config,
     sentence-transformers modules...) are carried over. Returns the path.
     """
-    if Path(path).exists() and not overwrite:
-        raise CheckpointError(f"{str(path)!r} exists; pass overwrite=True (--overwrite)")
+    check_out(path, overwrite=overwrite)
     if config.get("model_type") in DECODERS:
         from growth.formats.hf.decoder import to_tensors
 
@@ -308,11 +344,15 @@ def grow_hf(
     new_block_ln: str = "copy",
     overwrite: bool = False,
     shard_size: int | str = DEFAULT_SHARD_SIZE,
+    max_bytes: int | None = None,
 ):
     """Grow a HF BERT, GPT-2, Llama, Mistral or Qwen2 checkpoint directory (``model.safetensors``
     or sharded) into ``out``; returns the report. The output keeps the source's dtypes, is
     sharded at ``shard_size`` and carries the source's non-weight files; ``config.json`` changes
     only in the sizes (and eps) that growth changes.
+    ``out`` is checked first (never ``src`` or an ancestor of it); in memory (BERT), the grown
+    size is bounded before it is allocated (``max_bytes``, else the available memory and the
+    free disk at ``out``).
 
     width: ``{"d": 768, "heads": 24, "ff": 3072}``, a factor (``2`` / ``"x2"``: every width
     space) or ``"d=768,heads=24,ff=x2"``. depth: ``{"layers": 12}``, a factor or a string; the
@@ -325,6 +365,7 @@ def grow_hf(
     engine's copy of the source block) or ``"unit"`` (first LayerNorm gain 1, bias 0). Neither is
     exact in post-LN BERT; the report says so.
     """
+    check_out(out, overwrite=overwrite, protect=[src])
     if read_config(Path(src)).get("model_type") in DECODERS:
         if new_block_ln != "copy":
             raise GrowthError(
@@ -349,6 +390,7 @@ def grow_hf(
         method=method,
         seed=seed,
         new_block_ln=new_block_ln,
+        size_bound=lambda n: check_size(n, out, max_bytes=max_bytes),
     )
     save_hf(out, grown, cfg, overwrite=overwrite, shard_size=shard_size, source=src)
     return plan.report
@@ -364,9 +406,12 @@ def grow_params(
     method: str = DEFAULT_METHOD,
     seed: int = 0,
     new_block_ln: str = "copy",
+    size_bound: Callable[[int], None] = lambda nbytes: check_size(nbytes, None, max_bytes=None),
 ):
-    """In-memory :func:`grow_hf`: ``(grown params, grown config, GrowthPlan)``."""
-    from growth.engine import apply_plan, plan_growth
+    """In-memory :func:`grow_hf`: ``(grown params, grown config, GrowthPlan)``.
+    ``size_bound(nbytes)`` sees the grown size before anything is allocated and may refuse it
+    (default: the available memory)."""
+    from growth.engine import apply_plan, grown_nbytes, plan_growth
 
     if config.get("model_type") in DECODERS:
         if new_block_ln != "copy":
@@ -376,13 +421,17 @@ def grow_params(
             )
         from growth.formats.hf.decoder import grow_decoder
 
-        return grow_decoder(params, config, width=width, depth=depth, method=method, seed=seed)
+        return grow_decoder(
+            params, config, width=width, depth=depth, method=method, seed=seed,
+            size_bound=size_bound,
+        )  # fmt: skip
     if new_block_ln not in ("copy", "unit"):
         raise GrowthError(f"new_block_ln={new_block_ln!r}: expected 'copy' or 'unit'")
     resolved = spec.resolve(params)
     sizes = dict(resolved.sizes)
     w = _targets({s: sizes[s] for s in resolved.width_spaces()}, width, "width")
     dp = _targets({"layers": sizes["layers"]}, depth, "depth")
+    size_bound(grown_nbytes(resolved, params, w, dp))
     plan = plan_growth(params, spec, width=w, depth=dp, method=method, key=seed)
     grown = apply_plan(plan, params)
     grown = _numpy_tree(grown)

@@ -35,14 +35,21 @@ independent numpy forward of both architectures for checking: :mod:`tests.oracle
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
-from growth.formats.hf.io import INDEX, WEIGHTS, Tensors, read_config, refuse_unused
+from growth.formats.hf.io import (
+    INDEX,
+    WEIGHTS,
+    Tensors,
+    read_config,
+    refuse_unused,
+    restore_dtypes,
+)
 from growth.formats.hf.io import PRIVATE as _PRIVATE
 from growth.formats.hf.io import numpy_tree as _numpy_tree
 from growth.formats.hf.io import parse_growth_targets as _targets
@@ -187,6 +194,7 @@ def load_decoder(path: str | Path) -> tuple[dict, dict, NeuronSpec]:
             x = np.asarray(tensors[chk.key(u.hf)])[None]
             params |= {n: y[0] for n, y in zip(u.ours, u.inward(x, c), strict=True)}
         metadata = dict(tensors.metadata)
+        tensor_dtypes = {k: str(v.dtype) for k, v in tensors.items()}
     for name in _ABSENT.get(chk.kind, ()):
         size = c.d_ff if name in ("b_gate", "b_up") else c.d_model
         blocks[name] = np.zeros((L, size), blocks["wq"].dtype)
@@ -197,6 +205,7 @@ def load_decoder(path: str | Path) -> tuple[dict, dict, NeuronSpec]:
         "prefix": chk.prefix,
         "buffers": chk.buffers,
         "dtypes": dtypes,
+        "tensor_dtypes": tensor_dtypes,
         "metadata": metadata,
         "head_in_file": chk.head_in_file,
     }
@@ -246,7 +255,8 @@ def to_tensors(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
         out[chk.key(u.hf)] = u.outward(tuple(flat[n][None] for n in u.ours), c)[0]
     if c.tied and chk.head_in_file:
         out[HEAD] = flat["embed"]
-    return {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in out.items()}
+    out = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in out.items()}
+    return restore_dtypes(out, priv.get("tensor_dtypes", {}))
 
 
 def export_params(
@@ -301,8 +311,10 @@ def grow_decoder(
     depth: Any = None,
     method: str = DEFAULT_METHOD,
     seed: int = 0,
+    size_bound: Callable[[int], None] | None = None,
 ):
     """Grow imported GPT-2 / Llama params: ``(grown params, grown config, GrowthPlan)``.
+    ``size_bound(nbytes)``, if given, sees the grown size before anything is allocated.
 
     width: ``{"d": 128, "heads": 8, "ff": 512}``, a factor (``2``, ``"x2"``: all three) or
     ``"d=128,heads=x2"``; ``heads`` grows the kv heads (Llama's query groups keep their size;
@@ -310,14 +322,15 @@ def grow_decoder(
     rotary frequencies from it). depth: ``{"layers": 8}``, a factor or a string; new blocks are
     the method's depth rule (``identity`` for ``copy``/``exact``: exact in pre-norm blocks).
     """
-    from growth.engine import apply_plan, plan_growth
+    from growth.engine import apply_plan, grown_nbytes, plan_growth
 
     c = decoder_config(config)
     L = _targets({"layers": c.n_layers}, depth, "depth").get("layers", c.n_layers)
     targets = width_targets(c, config["model_type"], width)
-    plan = plan_growth(
-        params, decoder.spec(c), width=targets, depth={"blocks": L}, method=method, key=seed
-    )
+    spec = decoder.spec(c)
+    if size_bound is not None:
+        size_bound(grown_nbytes(spec.resolve(params), params, targets, {"blocks": L}))
+    plan = plan_growth(params, spec, width=targets, depth={"blocks": L}, method=method, key=seed)
     grown = apply_plan(plan, params)
     c2 = decoder.grown(c, plan)
     if c2.readout_mult != 1.0:

@@ -10,7 +10,6 @@ import fnmatch
 import json
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
+from growth.formats import outdir
 from growth.formats.stream import LazyTensor, read_header, safetensors_header, write_all
 
 CONFIG = "config.json"
@@ -39,7 +39,9 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 def read_config(path: Path) -> dict:
     """``config.json`` of a HF checkpoint directory (which must also hold ``model.safetensors``
     or ``model.safetensors.index.json``), checked to be a JSON object with a supported
-    ``model_type``."""
+    ``model_type``. An interrupted replace
+    of ``path`` by this tool is completed or rolled back first (``outdir.recover``)."""
+    outdir.recover(Path(path).absolute())
     if not path.is_dir():
         raise CheckpointError(f"HF checkpoint {str(path)!r}: no such directory")
     if not (path / CONFIG).is_file():
@@ -102,6 +104,23 @@ class Tensors(Mapping[str, LazyTensor]):
         missing = sorted(set(weight_map) - set(self._tensors))
         if missing:
             raise CheckpointError(f"{path / INDEX}: tensors {missing[:5]} not in their shard")
+        self._expect_digests(path)
+
+    def _expect_digests(self, path: Path) -> None:
+        """In a directory this tool wrote: check the JSON files now, and give every tensor its
+        recorded SHA-256, which reading or copying it verifies."""
+        marker = outdir.read_marker(path)
+        outdir.verify_files(path, marker)
+        if marker is None:
+            return
+        recorded = marker["tensors"]
+        if set(recorded) != set(self._tensors):
+            raise CheckpointError(
+                f"{path}: holds tensors {sorted(set(self._tensors) ^ set(recorded))[:5]} that "
+                "differ from the ones recorded at save"
+            )
+        for name, tensor in self._tensors.items():
+            tensor.digest = recorded[name]
 
     def _add_file(self, file: Path, weight_map: dict[str, str]) -> None:
         try:
@@ -193,9 +212,13 @@ def _shards(names: list[str], sizes: list[int], limit: int) -> list[list[str]]:
     return shards
 
 
-def _write_shard(file: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
-    """One safetensors file: the header, then each tensor as it comes (a :class:`LazyTensor`
-    is copied byte for byte, a :class:`Pending` computed, an array written)."""
+def _write_shard(
+    file: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]
+) -> dict[str, str]:
+    """One safetensors file (fsynced): the header, then each tensor as it comes (a
+    :class:`LazyTensor` is copied byte for byte, a :class:`Pending` computed, an array
+    written). Returns each tensor's SHA-256."""
+    digests = {}
     names = list(tensors)
     specs = [_spec(tensors[n]) for n in names]
     head = safetensors_header(names, [s[0] for s in specs], [s[1] for s in specs], metadata)
@@ -205,6 +228,7 @@ def _write_shard(file: Path, tensors: Mapping[str, Any], metadata: Mapping[str, 
         for name, (shape, dtype, _) in zip(names, specs, strict=True):
             x = tensors[name]
             if isinstance(x, LazyTensor):
+                digests[name] = outdir.tensor_digest(x)  # (verified if the source records one)
                 x.copy_to(fd)
                 continue
             arr = np.asarray(x.compute() if isinstance(x, Pending) else x)
@@ -214,9 +238,12 @@ def _write_shard(file: Path, tensors: Mapping[str, Any], metadata: Mapping[str, 
                     f"{dtype}{list(shape)}"
                 )
             write_all(fd, np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+            digests[name] = outdir.tensor_digest(arr)
             del arr
+        os.fsync(fd)
     finally:
         os.close(fd)
+    return digests
 
 
 def _carry_files(source: Path, target: Path) -> list[str]:
@@ -271,47 +298,38 @@ def write_checkpoint(
 
     tensors: name -> array, :class:`~growth.formats.stream.LazyTensor` (copied byte for byte)
     or :class:`Pending` (computed when its turn comes), written in this order; memory holds one
-    tensor at a time. Atomic: everything goes to a temporary sibling directory renamed into
-    place, so ``path`` is absent, the old checkpoint (``overwrite``) or the complete new one.
+    tensor at a time. Written the safe way (``growth.formats.outdir``): a temporary sibling
+    directory, files fsynced (mode per umask), the marker with every tensor's SHA-256 last,
+    then a rename; ``path`` is replaced only with ``overwrite`` and only if this tool wrote it.
     """
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise CheckpointError(f"{str(target)!r} exists; pass overwrite=True (--overwrite)")
     names = list(tensors)
     shards = _shards(names, [_spec(tensors[n])[2] for n in names], parse_size(shard_size))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{secrets.token_hex(6)}")
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> tuple[dict[str, str], list[str]]:
         if source is not None:
             _carry_files(Path(source), tmp)
         files = [WEIGHTS] if len(shards) == 1 else [
             f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
         ]  # fmt: skip
+        digests: dict[str, str] = {}
         for file, group in zip(files, shards, strict=True):
-            _write_shard(tmp / file, {n: tensors[n] for n in group}, metadata)
+            digests |= _write_shard(tmp / file, {n: tensors[n] for n in group}, metadata)
+        checked = [CONFIG]
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": sum(_spec(tensors[n])[2] for n in names)},
                 "weight_map": {n: f for f, g in zip(files, shards, strict=True) for n in g},
             }
             index["weight_map"] = dict(sorted(index["weight_map"].items()))
-            (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+            outdir.write_file(tmp / INDEX, json.dumps(index, indent=2) + "\n")
+            checked.append(INDEX)
         for rel, data in (side_files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_text(json.dumps(dict(data), indent=2) + "\n")
-        (tmp / CONFIG).write_text(json.dumps(dict(config), indent=2) + "\n")
-        if target.exists():
-            old = target.with_name(f"{target.name}.old-{secrets.token_hex(6)}")
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+            outdir.write_file(tmp / rel, json.dumps(dict(data), indent=2) + "\n")
+        outdir.write_file(tmp / CONFIG, json.dumps(dict(config), indent=2) + "\n")
+        return digests, checked
+
+    return outdir.write_directory(path, fill, kind="hf", overwrite=overwrite)
 
 
 def parse_growth_targets(spec_sizes: Mapping[str, int], value: Any, what: str) -> dict[str, int]:
@@ -334,6 +352,20 @@ def refuse_unused(path: Path, tensors: Mapping[str, Any], used: set[str], suppor
             f"HF checkpoint {str(path)!r}: unsupported tensors {extra[:5]}"
             f"{' ...' if len(extra) > 5 else ''} ({supported})"
         )
+
+
+_LAYER_INDEX = re.compile(r"\.\d+\.")
+
+
+def restore_dtypes(tensors: Mapping[str, np.ndarray], recorded: Mapping[str, str]) -> dict:
+    """Cast each exported tensor back to the dtype its name had at import (``recorded``), so a
+    checkpoint of mixed dtypes keeps them although its layers were stacked (and promoted) for
+    growth; a tensor of a new layer takes the dtype of the same tensor in layer 0."""
+    out = {}
+    for name, x in tensors.items():
+        dtype = recorded.get(name) or recorded.get(_LAYER_INDEX.sub(".0.", name, count=1))
+        out[name] = x if dtype is None else x.astype(dtype, order="C", copy=False)
+    return out
 
 
 def numpy_tree(tree: Any) -> Any:

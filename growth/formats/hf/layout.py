@@ -44,7 +44,7 @@ def _err(key: str, value: Any, expected: str) -> GrowthError:
     return GrowthError(f"config.json {key}={value!r} is not supported: {expected}")
 
 
-def _need(config: Mapping[str, Any], key: str) -> int:
+def need(config: Mapping[str, Any], key: str) -> int:
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CheckpointError(f"config.json {key}={value!r}: expected a positive integer")
@@ -113,19 +113,19 @@ def decoder_config(config: Mapping[str, Any], *, growth_only: bool = False) -> D
 def _gpt2_config(config: Mapping[str, Any]) -> DecoderConfig:
     """GPT-2: pre-LayerNorm, learned positions, biases everywhere, GELU MLP (``n_inner`` or
     4 d), MHA with head_dim = n_embd / n_head, tied readout unless ``tie_word_embeddings``."""
-    d, L, H = _need(config, "n_embd"), _need(config, "n_layer"), _need(config, "n_head")
+    d, L, H = need(config, "n_embd"), need(config, "n_layer"), need(config, "n_head")
     act = config.get("activation_function", "gelu_new")
     if act not in GPT2_ACTS:
         raise _err("activation_function", act, f"expected one of {sorted(GPT2_ACTS)}")
     if d % H:
         raise _err("n_head", H, f"must divide n_embd={d} (GPT-2: head_dim = n_embd / n_head)")
     return DecoderConfig(
-        vocab=_need(config, "vocab_size"),
+        vocab=need(config, "vocab_size"),
         d_model=d,
         n_layers=L,
         n_heads=H,
         d_ff=config.get("n_inner") or 4 * d,
-        max_len=_need(config, "n_positions"),
+        max_len=need(config, "n_positions"),
         norm="layer",
         mlp="gelu",
         positions="learned",
@@ -145,8 +145,8 @@ def _llama_config(config: Mapping[str, Any]) -> DecoderConfig:
     carries the window unchanged). Qwen2: the same with q/k/v biases (``bias=True``; the o_proj
     and MLP biases, absent from the checkpoint, are zeros on import and must stay zero)."""
     qwen2 = config.get("model_type") == "qwen2"
-    d, L = _need(config, "hidden_size"), _need(config, "num_hidden_layers")
-    H = _need(config, "num_attention_heads")
+    d, L = need(config, "hidden_size"), need(config, "num_hidden_layers")
+    H = need(config, "num_attention_heads")
     act = config.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise _err("hidden_act", act, "expected 'silu' (SwiGLU silu(gate) * up)")
@@ -164,13 +164,13 @@ def _llama_config(config: Mapping[str, Any]) -> DecoderConfig:
     if not config.get("head_dim") and d % H:
         raise _err("num_attention_heads", H, f"must divide hidden_size={d} (or give head_dim)")
     return DecoderConfig(
-        vocab=_need(config, "vocab_size"),
+        vocab=need(config, "vocab_size"),
         d_model=d,
         n_layers=L,
         n_heads=H,
         n_kv_heads=kv,
         head_dim=hd,
-        d_ff=_need(config, "intermediate_size"),
+        d_ff=need(config, "intermediate_size"),
         max_len=int(config.get("max_position_embeddings", 2048)),
         norm="rms",
         mlp="swiglu",
