@@ -44,7 +44,7 @@ def test_overwrite_refuses_user_folders(tmp_path: Path, names) -> None:
     src = write_gpt2(tmp_path / "gpt2")
     for writer in ("orbax", "hf"):
         user = _user_folder(tmp_path / f"user_{writer}", *names)
-        with pytest.raises(CheckpointError, match="not a checkpoint this tool wrote"):
+        with pytest.raises(CheckpointError, match="directory this tool wrote"):
             if writer == "orbax":
                 save_checkpoint(user, {"w": np.ones(2)}, {}, overwrite=True)
             else:
@@ -217,3 +217,10 @@ def test_full_disk_on_the_cli_is_one_line(tmp_path, monkeypatch, capsys) -> None
     assert code == 2
     assert "no space left on the device" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["gpt2"]
+
+
+def test_demo_refuses_a_user_folder_before_running(tmp_path: Path, capsys) -> None:
+    user = _user_folder(tmp_path / "docs", "thesis.tex")
+    assert main(["demo", "--quick", "--no-progress", "--out", str(user)]) == 2
+    assert "directory this tool wrote" in capsys.readouterr().err
+    assert os.listdir(user) == ["thesis.tex"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -79,6 +80,14 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, monkeypatch, reference) 
     other = TrainConfig(steps=30, batch_size=32, eval_every=10, seed=4)
     with pytest.raises(GrowthError, match=r"other settings \(\['train'\]\)"):
         train_model(out, "resmlp", CFG, other, progress=False, checkpoint_every=5, resume=True)
+    state = training_state_dir(out)
+    shutil.copytree(state, tmp_path / "backup")
+    shutil.rmtree(state / "15" / "state")  # step 15's record, step 10's (valid) arrays
+    shutil.copytree(state / "10" / "state", state / "15" / "state")
+    with pytest.raises(CheckpointError, match=r"15: leaf 0 is corrupt"):
+        train_model(out, "resmlp", CFG, TC, progress=False, checkpoint_every=5, resume=True)
+    shutil.rmtree(state)
+    shutil.move(tmp_path / "backup", state)
     train_model(out, "resmlp", CFG, TC, progress=False, checkpoint_every=5, resume=True)
     _assert_bit_identical(out, reference)
     assert sorted(os.listdir(tmp_path)) == ["run"]
@@ -109,7 +118,7 @@ def test_out_is_checked_before_the_first_step(tmp_path, monkeypatch, capsys) -> 
     monkeypatch.setattr(commands, "train", never)
     assert main([*ARGS, "--out", str(user)]) == 2
     assert "already exists" in capsys.readouterr().err
-    with pytest.raises(CheckpointError, match="not a checkpoint this tool wrote"):
+    with pytest.raises(CheckpointError, match="directory this tool wrote"):
         train_model(user, "resmlp", CFG, TC, overwrite=True)
     with pytest.raises(GrowthError, match="--resume: no saved training state"):
         train_model(tmp_path / "new", "resmlp", CFG, TC, resume=True)

@@ -185,13 +185,13 @@ def check_out(
         raise CheckpointError(f"output path {str(target)!r} already exists (pass --overwrite)")
     if target.is_symlink() or not target.is_dir():
         raise CheckpointError(
-            f"refusing to overwrite {str(target)!r}: not a directory, so not a checkpoint "
-            "this tool wrote"
+            f"refusing to overwrite {str(target)!r}: not a directory, so not a checkpoint or "
+            "run directory this tool wrote"
         )
     if any(target.iterdir()) and not _written_by_us(target):
         raise CheckpointError(
-            f"refusing to overwrite {str(target)!r}: not a checkpoint this tool wrote "
-            f"(no {MARKER})"
+            f"refusing to overwrite {str(target)!r}: not a checkpoint or run directory this "
+            f"tool wrote (no {MARKER})"
         )
     return True
 

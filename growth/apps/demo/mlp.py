@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from growth.apps.commands import (
     train_model,
     verify_checkpoint,
 )
+from growth.formats.outdir import write_directory
 from growth.methods import DEFAULT_METHOD, get_method
 from growth.models import get_family, init_model, params_of
 from growth.models.resmlp import ResMLPConfig
@@ -131,20 +130,17 @@ def plot_curves(
 
 def write_run_dir(out: str | os.PathLike, build: Callable[[Path], dict]) -> dict:
     """Call ``build(tmp)`` on a temporary sibling of ``out`` and move it into place when it
-    succeeds (replacing an older run), so a failed run leaves no partial ``out``."""
-    out = Path(out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
-        summary = build(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    summary["out"] = str(out)
-    return summary
+    succeeds, so a failed run leaves no partial ``out``. An older run there is replaced; any
+    other existing folder is refused (``growth.formats.outdir``: only outputs this tool wrote
+    are ever replaced)."""
+    result: dict = {}
+
+    def fill(tmp: Path) -> tuple[dict, list]:
+        result.update(build(tmp))
+        return {}, []
+
+    path = write_directory(out, fill, kind="run", overwrite=True)
+    return result | {"out": str(path)}
 
 
 def run_demo(
