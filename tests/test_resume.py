@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,32 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, monkeypatch, reference) 
     train_model(out, "resmlp", CFG, TC, progress=False, checkpoint_every=5, resume=True)
     _assert_bit_identical(out, reference)
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+KILLED_RUN = """
+import os, sys
+from growth.apps.commands import train_model
+from growth.models.resmlp import ResMLPConfig
+from growth.tasks import train
+from growth.tasks.train import TrainConfig
+
+train._after_step = lambda k: os._exit(9) if k == 23 else None
+train_model(sys.argv[1], "resmlp", ResMLPConfig(40, 8, 16, 2, 10),
+            TrainConfig(steps=30, batch_size=32, eval_every=10, seed=3), progress=False,
+            checkpoint_every=5)
+"""
+
+
+def test_resume_after_kill_9_of_a_process_is_bit_identical(tmp_path, reference) -> None:
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    res = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out)], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 9, res.stderr
+    assert not out.exists()
+    assert sorted(os.listdir(training_state_dir(out))) == ["15", "20", "mfgrow-output.json"]
+    train_model(out, "resmlp", CFG, TC, progress=False, checkpoint_every=5, resume=True)
+    _assert_bit_identical(out, reference)
 
 
 def test_ctrl_c_saves_and_resume_is_bit_identical(tmp_path, monkeypatch, capsys, reference):
