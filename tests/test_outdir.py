@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from growth.apps.cli import main
 from growth.apps.commands import grow_checkpoint, train_model
@@ -224,3 +226,41 @@ def test_demo_refuses_a_user_folder_before_running(tmp_path: Path, capsys) -> No
     assert main(["demo", "--quick", "--no-progress", "--out", str(user)]) == 2
     assert "directory this tool wrote" in capsys.readouterr().err
     assert os.listdir(user) == ["thesis.tex"]
+
+
+_PLACES = ["", "a", "a/b", "a/b/src", "a/b/src/inner", "a/sib", "x", "x/cwd", "x/cwd/new", "q"]
+_FORBIDDEN = {"", "a", "a/b", "a/b/src", "x", "x/cwd"}  # the source, the cwd, their ancestors
+
+
+@settings(max_examples=40, deadline=None)
+@given(place=st.sampled_from(_PLACES), spelling=st.sampled_from(["abs", "rel", "dots", "link"]))
+def test_check_out_refuses_exactly_the_source_the_cwd_and_their_ancestors(
+    tmp_path_factory, place: str, spelling: str
+) -> None:
+    """However the path is spelled (absolute, relative to the cwd, through '..', through a
+    symlink), ``check_out`` refuses exactly the source, the cwd and their ancestors."""
+    root = tmp_path_factory.mktemp("tree").resolve()
+    (root / "a" / "b" / "src").mkdir(parents=True)
+    (root / "x" / "cwd").mkdir(parents=True)
+    here = os.getcwd()
+    os.chdir(root / "x" / "cwd")
+    try:
+        _check_places(root, place, spelling)
+    finally:
+        os.chdir(here)
+
+
+def _check_places(root: Path, place: str, spelling: str) -> None:
+    target = root / place
+    if spelling == "rel":
+        target = Path(os.path.relpath(target))
+    elif spelling == "dots":
+        target = root / "x" / ".." / place
+    elif spelling == "link":
+        (root / "link").symlink_to(target.parent if place else root)
+        target = root / "link" / target.name if place else root / "link"
+    if place in _FORBIDDEN:
+        with pytest.raises(CheckpointError, match="source|current directory"):
+            outdir.check_out(target, overwrite=True, protect=[root / "a" / "b" / "src"])
+    else:
+        outdir.check_out(target, overwrite=True, protect=[root / "a" / "b" / "src"])

@@ -98,12 +98,19 @@ def recover(target: Path) -> None:
     for m, old in (x for x in dead if x[0].group(1) == "old"):
         twin = temp_path(target, f"{m.group(2)}-{m.group(3)}")
         if not os.path.lexists(target):
-            source = twin if read_marker(twin) is not None else old
+            source = twin if _sealed(twin) else old
             with contextlib.suppress(OSError):
                 os.rename(source, target)
                 fsync_dir(parent)
     for _, path in dead:
         remove(path)
+
+
+def _sealed(path: Path) -> bool:
+    try:
+        return read_marker(path) is not None
+    except CheckpointError:
+        return False
 
 
 def read_marker(path: Path) -> dict | None:
