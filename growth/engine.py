@@ -113,6 +113,18 @@ def _dtype(leaf: Any) -> np.dtype:
     return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
 
 
+def check_float_leaves(params: Any) -> None:
+    """Raise GrowthError naming the first leaf that is not floating point (integer weights
+    cannot hold rescaled or mixed values; growth would truncate them)."""
+    for path, leaf in leaves_with_paths(params):
+        dtype = _dtype(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise GrowthError(
+                f"leaf {path!r} has dtype {dtype}: growth rescales and mixes weights, which "
+                "only floating-point leaves hold; refusing to grow it"
+            )
+
+
 def leaf_spreads(params: Any) -> tuple[float, ...]:
     """Per-leaf standard deviation of the entries (float64, on the host), in tree order.
 
@@ -123,13 +135,8 @@ def leaf_spreads(params: Any) -> tuple[float, ...]:
     sharded, on one host or several.
     """
     spreads = []
+    check_float_leaves(params)
     for path, leaf in leaves_with_paths(params):
-        dtype = _dtype(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise GrowthError(
-                f"leaf {path!r} has dtype {dtype}: growth rescales and mixes "
-                "weights, which only floating-point leaves hold; refusing to grow it"
-            )
         x = _host_value(leaf)
         if not np.isfinite(x).all():
             raise GrowthError(f"leaf {path!r} contains NaN or inf; refusing to grow it")
@@ -279,6 +286,7 @@ def plan_growth(
             )
     width = _check_targets("width", width or {}, resolved.width_spaces())
     depth = _check_targets("depth", depth or {}, resolved.depth_stacks())
+    check_float_leaves(params)
     if spreads is None:
         spreads = leaf_spreads(params)
     elif len(spreads) != len(resolved.leaves):

@@ -88,8 +88,10 @@ def test_integer_weights_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "bert"])
-def test_mixed_dtypes_are_preserved(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "depth"), [("gpt2", ""), ("gpt2", "x2"), ("bert", "")])
+def test_mixed_dtypes_are_preserved(tmp_path: Path, kind: str, depth: str) -> None:
+    """One fp16 tensor among fp32 ones stays fp16 (GPT-2 streams each tensor in its source's
+    dtype, new blocks in their source block's; BERT restores each name's import dtype)."""
     if kind == "gpt2":
         odd = "transformer.h.1.mlp.c_fc.weight"
         src = write_gpt2(tmp_path / "src")
@@ -99,12 +101,25 @@ def test_mixed_dtypes_are_preserved(tmp_path: Path, kind: str) -> None:
     else:
         odd = "encoder.layer.1.intermediate.dense.weight"
         src = write_bert(tmp_path / "src", dtypes={odd: np.float16})
+    hf.grow_hf(src, tmp_path / "out", width="x2", depth=depth, method="copy")
+    out = load_file(str(tmp_path / "out" / "model.safetensors"))
+    halves = sorted(k for k, v in out.items() if v.dtype == np.float16)
+    floats = {k for k, v in out.items() if v.dtype.kind == "f"}
+    if depth:  # the grown stack: source block 1 and the new block copied from it
+        assert halves and all(".mlp.c_fc.weight" in k for k in halves), halves
+        assert len(halves) in (1, 2) and len(floats) > len(halves)
+    else:
+        assert halves == [odd]
+
+
+def test_bert_depth_growth_never_narrows_a_dtype(tmp_path: Path) -> None:
+    """After BERT depth growth a layer index no longer names its source: per-layer tensors keep
+    the stack's promoted dtype (lossless) rather than a neighbour's narrower one."""
+    odd = "encoder.layer.1.intermediate.dense.weight"
+    src = write_bert(tmp_path / "src", dtypes={odd: np.float16})
     hf.grow_hf(src, tmp_path / "out", width="x2", depth="x2", method="copy")
     out = load_file(str(tmp_path / "out" / "model.safetensors"))
-    assert out[odd].dtype == np.float16
-    others = {str(v.dtype) for k, v in out.items() if k != odd and v.dtype.kind == "f"}
-    assert others == {"float32"}, others
-    assert out[odd.replace(".1.", ".3.")].dtype == np.float32  # a new layer: as layer 0
+    assert {str(v.dtype) for v in out.values() if v.dtype.kind == "f"} == {"float32"}
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e400"])
@@ -143,8 +158,11 @@ def test_output_size_is_bounded_before_allocating(tmp_path: Path, capsys) -> Non
     src = write_gpt2(tmp_path / "gpt2")
     with pytest.raises(CheckpointError, match="above --max-bytes"):
         hf.grow_hf(src, tmp_path / "h", width="x2", max_bytes=1000)
-    with pytest.raises(CheckpointError, match="more than the available memory"):
+    with pytest.raises(CheckpointError, match="more than the free disk"):  # decoders stream
         hf.grow_hf(src, tmp_path / "h", width="x100000")
+    bert = write_bert(tmp_path / "bert")
+    with pytest.raises(CheckpointError, match="more than the available memory"):  # in memory
+        hf.grow_hf(bert, tmp_path / "h", width="x100000")
     assert not (tmp_path / "h").exists()
 
 

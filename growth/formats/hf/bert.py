@@ -233,6 +233,7 @@ def load_hf(path: str | os.PathLike) -> tuple[dict, dict, NeuronSpec]:
         "buffers": buffers,
         "dtypes": dtypes,
         "tensor_dtypes": {k: str(tensors[k].dtype) for k in sorted(used)},
+        "source_layers": L,
         "metadata": metadata,
     }
     return params, config, bert_spec("pooler" in params)
@@ -278,7 +279,8 @@ def _to_tensors(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[st
         P = int(config["max_position_embeddings"])
         out[prefix + key] = np.arange(P, dtype=dtype)[None]
     out = {k: np.ascontiguousarray(v) for k, v in out.items()}
-    return restore_dtypes(out, priv.get("tensor_dtypes", {}))
+    moved = L != priv.get("source_layers", L)
+    return restore_dtypes(out, priv.get("tensor_dtypes", {}), moved)
 
 
 def save_hf(
@@ -376,7 +378,7 @@ def grow_hf(
 
         return grow_decoder_stream(
             src, out, width=width, depth=depth, depth_slices=depth_slices, method=method,
-            seed=seed, overwrite=overwrite, shard_size=shard_size,
+            seed=seed, overwrite=overwrite, shard_size=shard_size, max_bytes=max_bytes,
         )  # fmt: skip
     if depth_slices not in (None, ""):
         raise GrowthError("depth_slices (--depth-slices): GPT-2/Llama/Mistral/Qwen2 only")

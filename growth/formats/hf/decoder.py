@@ -206,6 +206,7 @@ def load_decoder(path: str | Path) -> tuple[dict, dict, NeuronSpec]:
         "buffers": chk.buffers,
         "dtypes": dtypes,
         "tensor_dtypes": tensor_dtypes,
+        "source_layers": L,
         "metadata": metadata,
         "head_in_file": chk.head_in_file,
     }
@@ -256,7 +257,8 @@ def to_tensors(params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str
     if c.tied and chk.head_in_file:
         out[HEAD] = flat["embed"]
     out = {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in out.items()}
-    return restore_dtypes(out, priv.get("tensor_dtypes", {}))
+    moved = c.n_layers != priv.get("source_layers", c.n_layers)
+    return restore_dtypes(out, priv.get("tensor_dtypes", {}), moved)
 
 
 def export_params(

@@ -357,13 +357,16 @@ def refuse_unused(path: Path, tensors: Mapping[str, Any], used: set[str], suppor
 _LAYER_INDEX = re.compile(r"\.\d+\.")
 
 
-def restore_dtypes(tensors: Mapping[str, np.ndarray], recorded: Mapping[str, str]) -> dict:
+def restore_dtypes(
+    tensors: Mapping[str, np.ndarray], recorded: Mapping[str, str], layers_moved: bool
+) -> dict:
     """Cast each exported tensor back to the dtype its name had at import (``recorded``), so a
     checkpoint of mixed dtypes keeps them although its layers were stacked (and promoted) for
-    growth; a tensor of a new layer takes the dtype of the same tensor in layer 0."""
+    growth. After depth growth (``layers_moved``) a layer's index no longer names its source,
+    so per-layer tensors keep their stack's (promoted, lossless) dtype."""
     out = {}
     for name, x in tensors.items():
-        dtype = recorded.get(name) or recorded.get(_LAYER_INDEX.sub(".0.", name, count=1))
+        dtype = None if layers_moved and _LAYER_INDEX.search(name) else recorded.get(name)
         out[name] = x if dtype is None else x.astype(dtype, order="C", copy=False)
     return out
 

@@ -38,6 +38,7 @@ import numpy as np
 from growth.depth import parse_slices, slice_map, slices_exact
 from growth.engine import GrowthPlan, GrowthReport, apply_leaves, plan_growth
 from growth.errors import GrowthError
+from growth.formats import outdir
 from growth.formats.hf.decoder import Checked, buffer_value, check_tensors, width_targets
 from growth.formats.hf.io import (
     DEFAULT_SHARD_SIZE,
@@ -261,6 +262,7 @@ def grow_decoder_stream(
     overwrite: bool = False,
     shard_size: int | str = DEFAULT_SHARD_SIZE,
     on_plan: Callable[[GrowthPlan, DecoderConfig], None] | None = None,
+    max_bytes: int | None = None,
 ) -> GrowthReport:
     """Grow a GPT-2 / Llama / Mistral / Qwen2 checkpoint directory into ``out``, streaming.
 
@@ -269,6 +271,8 @@ def grow_decoder_stream(
     source blocks, concatenated (mergekit passthrough); excludes ``depth``. shard_size: largest
     output shard (``"5GB"``, bytes); one shard is written as ``model.safetensors``.
     on_plan: called with the plan and the grown config before anything is written.
+    max_bytes: bound on the output's size (default: the free disk at ``out``), checked before
+    anything is computed or written.
     Returns the report; ``function_preserving`` is the plan's (the tests measure it with the
     independent forwards of ``tests/oracles/hf_reference.py``).
     """
@@ -284,6 +288,9 @@ def grow_decoder_stream(
             on_plan(plan, c2)
         grower = _Grower(chk, tensors, plan, c2)
         entries = grower.entries()
+        nbytes = sum(int(np.prod(x.shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+                     for x in entries.values())  # fmt: skip
+        outdir.check_size(nbytes, out, max_bytes=max_bytes, in_memory=False)
         report = plan.report
         if c2.readout_mult != 1.0:
             report.notes.append(
