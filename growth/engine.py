@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 
 from growth.depth import EXACT_DEPTH_RULES, DepthMap, apply_depth, depth_map
 from growth.errors import GrowthError
+from growth.guarantee import assess, output_error, rounding_bound
 from growth.methods import DEFAULT_METHOD, Method, get_method
 from growth.spec import NeuronSpec, ResolvedSpec, leaves_with_paths
 from growth.width import along, apply_width, draw_space, space_axes
@@ -36,14 +37,33 @@ class GrowthReport:
     sizes_before: dict[str, int]
     sizes_after: dict[str, int]
     copies: dict[str, tuple[int, int]] = field(default_factory=dict)  # space -> (min, max) count
-    function_preserving: bool = True
+    function_preserving: bool = False
     notes: list[str] = field(default_factory=list)
     # normalised space -> factor the norm's eps must be multiplied by (padded maps: k n / N);
     # the model family applies it to its config (``growth.models.grown_config``)
     eps_scale: dict[str, float] = field(default_factory=dict)
+    # the declared guarantee (``growth.guarantee.Bound.to_dict``)
+    bound: dict = field(default_factory=dict)
+    # how function_preserving was decided: "proved", "measured", "unmeasured" (exact only in
+    # exact arithmetic, no forward pass run yet) or "no" (the bound is not ``rounding``)
+    function_check: str = "no"
+    max_rel_output_error: float | None = None  # measured e, when measured
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def measured(self, ref: Any, out: Any) -> GrowthReport:
+        """Set ``function_preserving`` from outputs of the source (``ref``) and the grown model
+        (``out``) on the same probe inputs: ``e <= growth.guarantee.rounding_bound(D)`` (float32
+        rounding) and the growth exact in exact arithmetic. Returns ``self`` (updated)."""
+        e = output_error(ref, out)
+        self.max_rel_output_error = e
+        limit = rounding_bound(self.bound.get("depth", 1))
+        self.function_preserving = self.bound.get("kind") == "rounding" and e <= limit
+        self.function_check = "measured"
+        self.notes.append(f"measured relative output error {e:.3g} (float32 rounding bound "
+                          f"{limit:.3g}): function preserving {self.function_preserving}")
+        return self
 
     def __str__(self) -> str:
         lines = [f"method: {self.method['name']} ({self.method})"]
@@ -53,7 +73,8 @@ class GrowthReport:
             lines.append(f"{s:<16} {n:>7} {self.sizes_after[s]:>7}  {copies}")
         for space, f in self.eps_scale.items():
             lines.append(f"norm eps over {space!r} times {f:.6g} (padded map)")
-        lines.append(f"function preserving: {self.function_preserving}")
+        lines.append(f"guarantee: {self.bound.get('statement', '?')}")
+        lines.append(f"function preserving: {self.function_preserving} ({self.function_check})")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -196,8 +217,10 @@ def _space_map(
 
 def _width_maps(
     resolved: ResolvedSpec, targets: dict[str, int], method: Method, key: jax.Array
-) -> tuple[dict[str, SpaceMap], list[str], bool, dict[str, float]]:
-    maps, notes, exact, eps = {}, [], True, {}
+) -> tuple[dict[str, SpaceMap], list[str], list[tuple[str, str]], dict[str, float]]:
+    """Draw every space's map. Returns ``(maps, notes, [(bound kind, reason)], eps factors)``;
+    the kinds are those of ``growth.guarantee`` that apply beyond ``rounding``."""
+    maps, notes, kinds, eps = {}, [], [], {}
     normed = resolved.normalized_spaces()
     for space, N in targets.items():
         n = resolved.sizes[space]
@@ -218,10 +241,10 @@ def _width_maps(
         # pad slots have scale 0, so they add no mass
         mass = np.bincount(np.asarray(m.index), np.asarray(m.scale), minlength=counts.shape[0])
         if not np.allclose(mass, 1.0, rtol=1e-6):
-            exact = False
+            kinds.append(("sampling", f"{method.sampler} map of {space!r}"))
             notes.append(f"space {space!r}: fan-in scales do not sum to 1 per unit (sampling)")
         if space in normed and counts.min() != counts.max():
-            exact = False
+            kinds.append(("none", f"unequal copy counts under the norm of {space!r}"))
             notes.append(
                 f"space {space!r} is normalised (LayerNorm/RMSNorm) and its units get unequal "
                 f"copy counts {counts.min()}..{counts.max()}: the norm statistics change; use a "
@@ -229,12 +252,12 @@ def _width_maps(
                 "(norm='layer-gain', ...) so that the engine can pad"
             )
     if maps and method.fanout_source != "self":
-        exact = False
+        kinds.append(("none", f"fanout_source={method.fanout_source!r}"))
         notes.append(f"fanout_source={method.fanout_source!r}: new units get other features")
     if maps and (method.bandwidth > 0 or method.symmetry == "noise" and method.sigma > 0):
-        exact = False
+        kinds.append(("noise", "kernel smoothing" if method.bandwidth > 0 else "i.i.d. noise"))
         notes.append("kernel smoothing / additive noise changes the function by design")
-    return maps, notes, exact, eps
+    return maps, notes, kinds, eps
 
 
 @dataclass(frozen=True)
@@ -296,23 +319,26 @@ def plan_growth(
 
     if method.sampler == "fitted":
         fitted = {s: N for s, N in width.items() if N != resolved.sizes[s] or not _keeps(method)}
-        maps, notes, exact, eps = {}, *_fitted_report(resolved, fitted, method), {}
+        maps, notes, kinds, eps = {}, *_fitted_report(resolved, fitted, method), {}
     else:
         fitted = {}
-        maps, notes, exact, eps = _width_maps(resolved, width, method, k_maps)
+        maps, notes, kinds, eps = _width_maps(resolved, width, method, k_maps)
     dmaps: dict[str, DepthMap] = {}
     for stack, L_new in depth.items():
         L = resolved.sizes[stack]
         if L_new != L:
             dmaps[stack] = depth_map(method.depth, L, L_new)
             if method.depth not in EXACT_DEPTH_RULES:
-                exact = False
+                kinds.append(("none", f"approximate depth rule {method.depth!r}"))
                 notes.append(f"depth rule {method.depth!r} on {stack!r} is approximate")
     after = dict(resolved.sizes) | width | depth
     copies = {s: (int(np.min(m.counts)), int(np.max(m.counts))) for s, m in maps.items()}
-    report = GrowthReport(
-        method.to_dict(), dict(resolved.sizes), after, copies, exact, notes, eps_scale=eps
+    report = GrowthReport(method.to_dict(), dict(resolved.sizes), after, copies, False, notes,
+                          eps_scale=eps)  # fmt: skip
+    report.bound, report.function_preserving, report.function_check, note = assess(
+        params, resolved, after, maps, method, kinds
     )
+    report.notes += [note] if note else []
     return GrowthPlan(resolved, method, maps, dmaps, k_apply, report, spreads, fitted)
 
 
@@ -323,11 +349,11 @@ def _keeps(method: Method) -> bool:
 
 def _fitted_report(
     resolved: ResolvedSpec, fitted: dict[str, int], method: Method
-) -> tuple[list[str], bool]:
-    """Validate fitted targets; return (notes, function preserving). Preserving iff the source
-    units are kept (new units have zero fan-out) and no grown space is normalised (new units
-    there change the norm statistics)."""
-    notes, exact = [], True
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Validate fitted targets; return (notes, [(bound kind, reason)]) (``growth.guarantee``).
+    Exact iff the source units are kept (new units have zero fan-out) and no grown space is
+    normalised (new units there change the norm statistics); pruning by sampling: sampling."""
+    notes, kinds = [], []
     normed = resolved.normalized_spaces()
     for space, N in fitted.items():
         n = resolved.sizes[space]
@@ -349,11 +375,11 @@ def _fitted_report(
             + (", zero fan-out" if _keeps(method) else f", readers x {units}/{N_units}")
         )
         if not _keeps(method):
-            exact = False
+            kinds.append(("sampling", f"units of {space!r} drawn from the fitted measure"))
         elif space in normed:
-            exact = False
+            kinds.append(("none", f"new units under the norm of {space!r}"))
             notes.append(f"space {space!r} is normalised: new units change the norm statistics")
-    return notes, exact
+    return notes, kinds
 
 
 def _shapes(plan: GrowthPlan, leaves: list[jax.Array], roles: tuple[str, ...]) -> list[tuple]:

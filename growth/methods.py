@@ -217,112 +217,113 @@ METHODS: dict[str, Method] = {
     "ligo": Method(symmetry="none", sigma=0.0, operator_steps=100, name="ligo"),
 }
 
-#: name -> summary (one line, for ``grow --help``), source and guarantee. ``exact``: True when
-#: the recipe keeps the function exactly (within
-#: float32 rounding) for width growth on MLP/ResMLP (and identity-depth growth).
+#: name -> summary (one line, for ``grow --help``), source, ``bound``: the kind of checkable
+#: guarantee (``growth.guarantee``: rounding, noise, sampling, none) of a width growth of spaces
+#: without norms, and ``guarantee``: that bound in words (``e``: relative output error, ``D``:
+#: weight matrices, ``u``: unit roundoff of the weights; a growth with an approximate depth
+#: rule has none). ``growth.engine.plan_growth`` declares the bound of each actual growth.
 RECIPE_INFO: dict[str, dict] = {
     "exact": {
         "summary": "balanced copies, 1/count fan-in, zero-sum noise on copies, identity new blocks",
         "source": "mfgrow",
-        "exact": True,
-        "guarantee": "function kept; zero-sum noise",
+        "bound": "rounding",
+        "guarantee": "function kept: e <= 16 D u (zero-sum noise; measured, not proved)",
     },
     "copy": {
         "summary": "balanced copies, 1/count fan-in, no symmetry breaking (copies stay identical)",
         "source": "mfgrow",
-        "exact": True,
-        "guarantee": "function kept; copies identical",
+        "bound": "rounding",
+        "guarantee": "function kept: e <= 16 D u, proved (copies identical)",
     },
     "iid": {
         "summary": "i.i.d. uniform index map (a draw of the empirical measure), n/N fan-in",
         "source": "mfgrow",
-        "exact": False,
-        "guarantee": "unbiased, O(1/N) variance",
+        "bound": "sampling",
+        "guarantee": "unbiased, sd ~ N^-1/2 (bound: fresh draws); depth (duplicate): none",
     },
     "smoothed": {
         "summary": "copies whose fan-out slices get centred uniform noise; duplicated blocks",
         "source": "mfgrow",
-        "exact": False,
-        "guarantee": "O(h^2) change",
+        "bound": "noise",
+        "guarantee": "e <= D 8 h^2 (h = 0.05); depth (duplicate): none",
     },
     "net2net-noise": {
         "summary": "balanced copies plus additive noise of relative size sigma",
         "source": "mfgrow",
-        "exact": False,
-        "guarantee": "O(sigma) change",
+        "bound": "noise",
+        "guarantee": "e <= D 4 sigma (sigma = 0.01)",
     },
     "rc": {
         "summary": "smoothed copies (bandwidth 0.1) with identity-initialised new blocks",
         "source": "mfgrow",
-        "exact": False,
-        "guarantee": "O(h^2) change",
+        "bound": "noise",
+        "guarantee": "e <= D 8 h^2 (h = 0.1); identity blocks",
     },
     "fitted": {
         "summary": "every unit drawn from a fitted RC measure (low-rank mixture), n/N fan-in",
         "source": "mfgrow; sampling view of Chen et al. (arXiv 2408.08681)",
-        "exact": False,
-        "guarantee": "all units drawn from a fitted RC measure; n/N readers: unbiased for it",
+        "bound": "sampling",
+        "guarantee": "unbiased for the fitted measure, sd ~ N^-1/2 (bound: fresh draws)",
     },
     "fitted-preserving": {
         "summary": "source units kept, new units drawn from the fitted measure with zero fan-out",
         "source": "mfgrow",
-        "exact": True,
-        "guarantee": "source units kept; drawn units start with zero fan-out",
+        "bound": "rounding",
+        "guarantee": "e <= 16 D u: source units kept, drawn units start with zero fan-out",
     },
     "net2net": {
         "summary": "Net2Net: random index map, 1/count fan-in, noise 0.01",
         "source": "Chen, Goodfellow, Shlens, Net2Net, ICLR 2016 (arXiv 1511.05641)",
-        "exact": False,
-        "guarantee": "random map, 1/count fan-in: exact at sigma=0; noise moves it O(sigma)",
+        "bound": "noise",
+        "guarantee": "e <= D 4 sigma (sigma = 0.01); under a norm unequal counts: none",
     },
     "bert2bert-fpi": {
         "summary": "bert2BERT FPI: random map, 1/count fan-in, stacked blocks",
         "source": "Chen et al., bert2BERT, ACL 2022 (arXiv 2110.07143), FPI + stacking",
-        "exact": True,
-        "guarantee": "width exact without norms (norms: approximate); stacking approximate",
+        "bound": "rounding",
+        "guarantee": "width e <= 16 D u without norms (norms: none); depth: none",
     },
     "hypercloning": {
         "summary": "HyperCloning: balanced copies, zero-sum noise at 10 dB SNR",
         "source": "Samragh et al., HyperCloning, 2024 (arXiv 2409.12903)",
-        "exact": True,
-        "guarantee": "exact for integer factors; +-noise at 10 dB SNR keeps it",
+        "bound": "rounding",
+        "guarantee": "e <= 16 D u (zero-sum noise at 10 dB SNR; measured)",
     },
     "bert2bert-aki": {
         "summary": "bert2BERT AKI: new units take fan-out from the next block, stacked blocks",
         "source": "Chen et al., bert2BERT, ACL 2022 (arXiv 2110.07143), AKI + stacking",
-        "exact": False,
-        "guarantee": "new units' features from the next block: symmetry broken, not exact",
+        "bound": "none",
+        "guarantee": "none: new units' features come from the next block",
     },
     "lemon": {
         "summary": "LEMON: padded maps for any width, zero-sum noise 0.1, identity blocks",
         "source": "Wang et al., LEMON, ICLR 2024",
-        "exact": True,
-        "guarantee": "exact for any width (padded norms) and identity blocks",
+        "bound": "rounding",
+        "guarantee": "e <= 16 D u for any width (padded norms; measured)",
     },
     "stack": {
         "summary": "G_stack: copies in width, the whole stack repeated in depth",
         "source": "Du et al., G_stack, NeurIPS 2024 (arXiv 2405.15319)",
-        "exact": True,
-        "guarantee": "width exact (copies); depth stacking approximate",
+        "bound": "rounding",
+        "guarantee": "width e <= 16 D u; depth (stacking): none",
     },
     "tleg": {
         "summary": "TLEG: copies in width, least-squares linear depth profile",
         "source": "Xia et al., TLEG, AAAI 2024 (arXiv 2312.05614)",
-        "exact": True,
-        "guarantee": "width exact; depth = least-squares linear profile, approximate",
+        "bound": "rounding",
+        "guarantee": "width e <= 16 D u; depth (linear fit): none",
     },
     "msg": {
         "summary": "Masked Structural Growth: fresh units/blocks behind a 0->1 mask (grow_msg)",
         "source": "Yao et al., Masked Structural Growth, ICLR 2024 (arXiv 2305.02869)",
-        "exact": True,
-        "guarantee": "exact at mask 0 for any new weights (normalised spaces: copy map); "
-        "mask ramps 0 -> 1",
+        "bound": "rounding",
+        "guarantee": "e <= 16 D u at mask 0; the mask ramps 0 -> 1 (then: none)",
     },
     "ligo": {
         "summary": "LiGO: the copy plan as dense operators trained on the task (grow_ligo)",
         "source": "Wang et al., LiGO, ICLR 2023 (arXiv 2303.00980)",
-        "exact": False,
-        "guarantee": "exact at init with no operator noise; learned operators change it",
+        "bound": "none",
+        "guarantee": "none: exact at init, the trained operators change the function",
     },
 }
 

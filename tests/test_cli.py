@@ -46,8 +46,10 @@ def test_train_grow_verify_roundtrip(small_ckpt, tmp_path):
     assert meta["config"]["width"] == 16 and meta["config"]["hidden"] == 24
     assert meta["config"]["depth"] == 3 and params["w1"].shape == (3, 16, 24)
     res = verify_checkpoint(tmp_path / "big")
-    assert res["claims_function_preserving"] and res["passed"]
+    assert res["bound"]["kind"] == "rounding" and res["passed"] and res["verdict"] == "pass"
+    assert res["max_rel_logit_error"] <= res["bound"]["rel_error"] < 1e-4
     assert abs(res["zero_shot_gap"]) <= 1e-5 * max(1.0, res["source_test_loss"])
+    assert meta["growth"]["function_check"] == "measured" and meta["growth"]["function_preserving"]
     assert main(["verify", str(tmp_path / "big")]) == 0
 
 
@@ -58,15 +60,59 @@ def test_non_multiple_width_is_exact_through_the_commands(small_ckpt, tmp_path):
     _, meta = load_checkpoint(tmp_path / "pad")
     assert meta["config"]["eps"] == pytest.approx(1e-5 * 8 / 12)
     res = verify_checkpoint(tmp_path / "pad")
-    assert res["claims_function_preserving"] and res["passed"], res
+    assert res["bound"]["kind"] == "rounding" and res["passed"], res
     assert res["max_rel_logit_error"] < 1e-5
 
 
-def test_verify_reports_sampling_gap(small_ckpt, tmp_path):
-    grow_checkpoint(small_ckpt, tmp_path / "iid", width="x2", depth="", method="iid", seed=3)
+def _tampered(src, out, edit):
+    params, meta = load_checkpoint(src)
+    edit(params)
+    save_checkpoint(out, params, meta)
+    return out
+
+
+def test_verify_sampling_bound_passes_a_draw_and_fails_entrywise_resampling(small_ckpt, tmp_path):
+    """iid growth of the block hidden space (no norm on it): judged against fresh draws; the
+    same checkpoint with the grown block kernels resampled entrywise (the RC structure
+    destroyed) is outside the law-of-large-numbers bound."""
+    grow_checkpoint(small_ckpt, tmp_path / "iid", width="h=x2", depth="", method="iid", seed=3)
     res = verify_checkpoint(tmp_path / "iid")
-    assert res["claims_function_preserving"] is False and res["passed"] is None
-    assert res["zero_shot_gap"] != 0.0
+    assert res["bound"]["kind"] == "sampling" and res["passed"], res["reason"]
+    assert res["zero_shot_gap"] != 0.0 and len(res["bound"]["draw_errors"]) == 8
+
+    def resample(p):
+        rng = np.random.default_rng(0)
+        for k in ("w1", "w2"):
+            p[k] = rng.permutation(p[k].ravel()).reshape(p[k].shape) * 4
+
+    bad = verify_checkpoint(_tampered(tmp_path / "iid", tmp_path / "bad", resample))
+    assert bad["passed"] is False and bad["verdict"] == "fail", bad["reason"]
+    assert main(["verify", str(tmp_path / "bad")]) == 1
+
+
+def test_verify_method_without_guarantee_fails(small_ckpt, tmp_path, capsys):
+    """An approximate depth rule promises nothing: verify says so and exits 1, never None."""
+    grow_checkpoint(small_ckpt, tmp_path / "st", width="x2", depth="x2", method="stack")
+    res = verify_checkpoint(tmp_path / "st")
+    assert res["bound"]["kind"] == "none" and res["passed"] is False
+    assert "approximate depth rule 'stack'" in res["reason"]
+    assert main(["verify", str(tmp_path / "st")]) == 1
+    assert "fail: stack (none)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["net2net-noise", "rc"])
+def test_verify_noise_bound(small_ckpt, tmp_path, method):
+    """Noise methods pass their sigma / h^2 bound; the same growth with 30x the noise fails."""
+    grow_checkpoint(small_ckpt, tmp_path / "ok", width="x2", depth="", method=method)
+    res = verify_checkpoint(tmp_path / "ok")
+    assert res["bound"]["kind"] == "noise" and res["passed"], res["reason"]
+    louder = "sigma=0.3" if method == "net2net-noise" else "bandwidth=1"
+    grow_checkpoint(small_ckpt, tmp_path / "loud", width="x2", depth="",
+                    method=f"{method}:{louder}")
+    _, meta = load_checkpoint(tmp_path / "ok")
+    params, _ = load_checkpoint(tmp_path / "loud")
+    save_checkpoint(tmp_path / "claimed", params, meta)  # louder noise, the quiet one's claim
+    assert verify_checkpoint(tmp_path / "claimed")["passed"] is False
 
 
 def test_verify_fails_on_tampered_checkpoint(small_ckpt, tmp_path):
@@ -76,6 +122,25 @@ def test_verify_fails_on_tampered_checkpoint(small_ckpt, tmp_path):
     save_checkpoint(tmp_path / "bad", params, meta)
     assert verify_checkpoint(tmp_path / "bad")["passed"] is False
     assert main(["verify", str(tmp_path / "bad")]) == 1
+
+
+def test_verify_exact_fails_on_readout_x1001_and_untied_maps(small_ckpt, tmp_path):
+    """The rounding bound is tight enough to catch a readout scaled by 1.001, and copies whose
+    fan-in and fan-out no longer use the same index map (the grown block units permuted on the
+    incoming side only)."""
+    grow_checkpoint(small_ckpt, tmp_path / "big", width="x2", depth="")
+    assert verify_checkpoint(tmp_path / "big")["passed"]
+
+    def readout(p):
+        p["head"]["kernel"] = p["head"]["kernel"] * np.float32(1.001)
+
+    def untie(p):
+        perm = np.random.default_rng(0).permutation(p["w1"].shape[-1])
+        p["w1"], p["b1"] = p["w1"][..., perm], p["b1"][..., perm]
+
+    for name, edit in (("readout", readout), ("untied", untie)):
+        res = verify_checkpoint(_tampered(tmp_path / "big", tmp_path / name, edit))
+        assert res["passed"] is False and res["max_rel_logit_error"] > res["bound"]["rel_error"]
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from growth.engine import GrowthReport, apply_plan, grown_nbytes, plan_growth
+from growth.engine import GrowthPlan, GrowthReport, apply_plan, grown_nbytes, plan_growth
 from growth.errors import GrowthError
 from growth.formats.checkpoint import load_checkpoint, save_checkpoint
 from growth.formats.outdir import check_out, check_size, out_path, remove, seal
+from growth.guarantee import SAMPLING_ALPHA, output_error
 from growth.methods import DEFAULT_METHOD, Method
 from growth.models import (
     config_from_dict,
@@ -38,6 +39,8 @@ from growth.tasks.lm_data import eval_windows as lm_eval_windows
 from growth.tasks.resume import TrainingState
 from growth.tasks.train import History, TrainConfig, evaluate, train
 from theory.parametrization import leaf_rules, lr_multipliers
+
+PROBE = 512  # held-out inputs on which logits are compared
 
 
 def load_model(path: str | os.PathLike) -> tuple[Any, dict, Any]:
@@ -179,7 +182,9 @@ def grow_checkpoint(
     plan = plan_growth(params, fam.spec(config), width=w, depth=d, method=method, key=seed)
     grown, report = apply_plan(plan, params), plan.report
     new_config = grown_config(fam, config, plan)
-    model_from_params(meta["family"], new_config, grown)  # must build before anything is written
+    g_model = model_from_params(meta["family"], new_config, grown)  # builds before any write
+    x_probe = held_out(meta)[0]
+    report.measured(_probe(model, x_probe), _probe(g_model, x_probe))
     new_meta = {
         "family": meta["family"],
         "config": config_to_dict(new_config),
@@ -215,40 +220,113 @@ def held_out(meta: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return w[:, :-1], w[:, 1:]
 
 
-def verify_checkpoint(
-    grown: str | os.PathLike, source: str | os.PathLike | None = None, *, tol: float = 1e-5
-) -> dict:
-    """Zero-shot check of a grown checkpoint against its source on the held-out set.
+def replan(
+    params: Any, family: str, config: Any, growth: Mapping[str, Any], key: int
+) -> GrowthPlan:
+    """Plan again the growth recorded in a grown checkpoint's meta (``growth``: its report's
+    dict, whose method and sizes it uses) on the source ``params``, with PRNG ``key``: the same
+    key gives the recorded growth bit for bit, another key a fresh draw of the same method."""
+    try:
+        method = Method(**growth["method"])
+        before, after = growth["sizes_before"], growth["sizes_after"]
+    except (KeyError, TypeError) as e:
+        raise GrowthError(f"meta 'growth' lacks method/sizes ({e}): not a grow report") from e
+    resolved = get_family(family).spec(config).resolve(params)
+    if dict(resolved.sizes) != dict(before):
+        raise GrowthError(f"source sizes {dict(resolved.sizes)} differ from the recorded {before}")
+    stacks = set(resolved.depth_stacks())
+    width = {s: n for s, n in after.items() if s not in stacks and n != before[s]}
+    depth = {s: n for s, n in after.items() if s in stacks and n != before[s]}
+    spec = get_family(family).spec(config)
+    return plan_growth(params, spec, width=width, depth=depth, method=method, key=key)
 
-    Passes when ``|loss_grown - loss_source| <= tol * max(1, loss_source)`` for a growth that
-    claims to keep the function; for sampling methods it reports the gap without judging it.
+
+def _probe(model: Any, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model(jnp.asarray(x[:PROBE])), np.float64)
+
+
+def verify_checkpoint(
+    grown: str | os.PathLike, source: str | os.PathLike | None = None, *, draws: int = 8
+) -> dict:
+    """Check a grown checkpoint against its source and the bound its growth declares.
+
+    Measures on the held-out set (:func:`held_out`) the loss gap ``loss' - loss`` and the
+    relative logit error ``e = max|f' - f| / max|f|`` (first :data:`PROBE` inputs), and
+    judges them against the growth's bound (``growth.guarantee``): ``rounding`` / ``noise``:
+    ``e <= bound`` and ``|gap| <= 2 bound max|f|`` (cross-entropy is 2-Lipschitz in the
+    max-norm of the logits); ``sampling``: both within ``mean + t sd`` of ``draws`` fresh draws of
+    the same method at the same sizes (Chebyshev, ``t = 1/sqrt(alpha)``); ``none``: fails (the
+    growth promises nothing that could be verified). ``passed`` is always True or False.
     ``source`` defaults to the one recorded in the grown checkpoint (a relative path there is
-    relative to the grown checkpoint's directory). Works for every family: classifiers on
-    MNIST-1D and decoders on the byte corpus (:func:`held_out`).
+    relative to the grown checkpoint's directory).
     """
     g_model, g_meta, _ = load_model(grown)
     if source is None:
         if g_meta.get("source") is None:
             raise GrowthError(f"checkpoint {str(grown)!r} records no source; pass source=...")
         source = os.path.join(os.path.abspath(grown), g_meta["source"])
-    s_model, s_meta, _ = load_model(source)
+    if "growth" not in g_meta:
+        raise GrowthError(f"checkpoint {str(grown)!r}: meta.json records no 'growth' report")
+    s_model, s_meta, s_config = load_model(source)
     x_test, y_test = held_out(g_meta)
     s_loss, s_acc = evaluate(s_model, x_test, y_test)
     g_loss, g_acc = evaluate(g_model, x_test, y_test)
-    x = jnp.asarray(x_test[:512])
-    ref = np.asarray(s_model(x))
-    logit_err = float(np.abs(np.asarray(g_model(x)) - ref).max() / max(np.abs(ref).max(), 1e-12))
-    claims = bool(g_meta.get("growth", {}).get("function_preserving", False))
-    gap = g_loss - s_loss
+    ref = _probe(s_model, x_test)
+    err, gap, scale = output_error(ref, _probe(g_model, x_test)), g_loss - s_loss, np.abs(ref).max()
+    family, s_params = s_meta["family"], params_of(s_model)
+    plan = replan(s_params, family, s_config, g_meta["growth"], int(g_meta.get("seed", 0)))
+    bound = dict(plan.report.bound)
+    if bound["kind"] in ("rounding", "noise"):
+        bound["loss_gap"] = 2 * bound["rel_error"] * float(scale)
+    elif bound["kind"] == "sampling":
+        bound |= _sampling_bound(s_params, family, s_config, plan, x_test, y_test, ref, draws)
+    if bound["kind"] == "none":
+        passed, reason = False, f"no guarantee to verify ({bound['statement']})"
+    else:
+        ok_e, ok_gap = err <= bound["rel_error"], abs(gap) <= bound["loss_gap"]
+        passed = bool(ok_e and ok_gap)
+        reason = (
+            f"logit error {err:.3g} {'<=' if ok_e else '>'} {bound['rel_error']:.3g}, "
+            f"|gap| {abs(gap):.3g} {'<=' if ok_gap else '>'} {bound['loss_gap']:.3g}"
+        )
     return {
         "source": str(source),
         "grown": str(grown),
+        "method": g_meta["growth"]["method"]["name"],
         "source_test_loss": s_loss,
         "grown_test_loss": g_loss,
         "zero_shot_gap": gap,
         "source_test_acc": s_acc,
         "grown_test_acc": g_acc,
-        "max_rel_logit_error": logit_err,
-        "claims_function_preserving": claims,
-        "passed": (abs(gap) <= tol * max(1.0, s_loss)) if claims else None,
+        "max_rel_logit_error": err,
+        "bound": bound,
+        "verdict": "pass" if passed else "fail",
+        "reason": reason,
+        "passed": passed,
+    }
+
+
+def _sampling_bound(
+    params: Any, family: str, config: Any, plan: GrowthPlan, x: np.ndarray, y: np.ndarray,
+    ref: np.ndarray, draws: int,
+) -> dict:  # fmt: skip
+    """``rel_error`` and ``loss_gap`` bounds of a sampling growth: ``mean + t sd`` over ``draws``
+    fresh draws (keys 10^6 + d, never a recorded seed) of the plan's method at its sizes."""
+    if draws < 2:
+        raise GrowthError(f"draws={draws}: a sampling bound needs >= 2 fresh draws")
+    fam, t = get_family(family), SAMPLING_ALPHA**-0.5
+    s_loss = evaluate(model_from_params(family, config, params), x, y)[0]
+    errs, gaps = [], []
+    growth = plan.report.to_dict()
+    for d in range(draws):
+        p = replan(params, family, config, growth, 10**6 + d)
+        m = model_from_params(family, grown_config(fam, config, p), apply_plan(p, params))
+        errs.append(output_error(ref, _probe(m, x)))
+        gaps.append(abs(evaluate(m, x, y)[0] - s_loss))
+    return {
+        "draws": draws,
+        "draw_errors": errs,
+        "draw_gaps": gaps,
+        "rel_error": float(np.mean(errs) + t * np.std(errs, ddof=1)),
+        "loss_gap": float(np.mean(gaps) + t * np.std(gaps, ddof=1)),
     }

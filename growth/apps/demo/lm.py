@@ -186,7 +186,7 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
 
     w = jnp.asarray(test)
     ref = np.asarray(small(w[:8, :-1]))
-    logit_err = float(np.abs(np.asarray(grown(w[:8, :-1])) - ref).max() / np.abs(ref).max())
+    logit_err = plan.report.measured(ref, grown(w[:8, :-1])).max_rel_output_error
     base = fam.sizes(small_cfg)
     mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(p_grown), base)
     seed_big = cfg.seed + 7
@@ -206,7 +206,8 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
         out / "grown",
         p_grown,
         {"family": "decoder", "config": config_to_dict(big_cfg), "dataset": LM_DATASET,
-         "data": data, "source": "../small", "growth": plan.report.to_dict()},
+         "data": data, "source": "../small", "growth": plan.report.to_dict(),
+         "seed": cfg.seed},
     )  # fmt: skip
     summary = {
         "method": cfg.method,
