@@ -53,13 +53,17 @@ class GrowthReport:
         return asdict(self)
 
     def measured(self, ref: Any, out: Any) -> GrowthReport:
-        """Set ``function_preserving`` from outputs of the source (``ref``) and the grown model
-        (``out``) on the same probe inputs: ``e <= growth.guarantee.rounding_bound(D)`` (float32
-        rounding) and the growth exact in exact arithmetic. Returns ``self`` (updated)."""
-        e = output_error(ref, out)
-        self.max_rel_output_error = e
+        """:meth:`record_error` of ``e = max |out - ref| / max |ref|``: outputs of the source
+        (``ref``) and the grown model (``out``) on the same probe inputs."""
+        return self.record_error(output_error(ref, out))
+
+    def record_error(self, e: float) -> GrowthReport:
+        """Set ``function_preserving`` from a measured relative output error ``e``: the growth
+        is exact in exact arithmetic (bound ``rounding``) and ``e`` is within float32 rounding,
+        ``growth.guarantee.rounding_bound(D)``. Returns ``self`` (updated)."""
         limit = rounding_bound(self.bound.get("depth", 1))
-        self.function_preserving = self.bound.get("kind") == "rounding" and e <= limit
+        self.max_rel_output_error = float(e)
+        self.function_preserving = bool(self.bound.get("kind") == "rounding" and e <= limit)
         self.function_check = "measured"
         self.notes.append(f"measured relative output error {e:.3g} (float32 rounding bound "
                           f"{limit:.3g}): function preserving {self.function_preserving}")

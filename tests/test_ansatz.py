@@ -16,7 +16,7 @@ import pytest
 
 from growth.apps.analyze.native import analyze_checkpoint, format_report
 from growth.apps.cli import main
-from growth.apps.commands import train_model
+from growth.apps.commands import load_model, train_model
 from growth.errors import CheckpointError, GrowthError
 from growth.models import get_family, init_model, model_from_params, params_of
 from growth.tasks.data import load_dataset
@@ -125,6 +125,7 @@ def test_rc_tie_detects_a_planted_tie_and_not_an_absent_one() -> None:
     assert tied.paired > 0.5 and tied.z > 5
     free = rc_tie(rng.normal(size=(30, 200)), rng.normal(size=(200, 5)), jax.random.key(1))
     assert abs(free.paired) < 3 / np.sqrt(200) + 0.05 and abs(free.z) < 4
+    assert tied.p <= 0.05 < free.p  # the permutation test rejects the planted tie only
     with pytest.raises(ValueError):
         rc_tie(np.zeros((3, 4)), np.zeros((5, 2)), jax.random.key(0))
 
@@ -184,7 +185,8 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory):
 
 def test_analyze_checkpoint_end_to_end(tiny_ckpt, tmp_path) -> None:
     out = tmp_path / "analysis"
-    r = analyze_checkpoint(tiny_ckpt, out, draws=3, factors=(2, 4, 8), num_shuffles=50)
+    r = analyze_checkpoint(tiny_ckpt, out, draws=3, factors=(2, 4, 8), num_shuffles=50,
+                           fpr_trials=5)
     assert {"test_loss", "rc_tie", "controls", "lln", "family", "sizes"} <= set(r)
     assert set(r["rc_tie"]) == {"h1", "h2"}
     c = r["controls"]
@@ -200,8 +202,39 @@ def test_analyze_checkpoint_end_to_end(tiny_ckpt, tmp_path) -> None:
     text = format_report(r)
     assert "RC tie" in text and "slope of sd of logits" in text
     # rewriting into an existing directory replaces the files, leaves no temp dirs behind
-    analyze_checkpoint(tiny_ckpt, out, draws=2, factors=(2, 4, 8), num_shuffles=10)
+    analyze_checkpoint(tiny_ckpt, out, draws=2, factors=(2, 4, 8), num_shuffles=10,
+                       fpr_trials=2)
     assert [p.name for p in tmp_path.iterdir()] == ["analysis"]
+
+
+def test_rc_tie_permutation_test_is_calibrated() -> None:
+    """Under H0 (independent Gaussian layers) the tie test rejects at about its level."""
+    from growth.apps.analyze.verdicts import tie_false_positive_rate
+
+    fpr = tie_false_positive_rate([(10, 24, 6)], jax.random.key(3), trials=100, num_shuffles=99)
+    assert fpr <= 0.12, fpr  # level 0.05; 100 trials: sd 0.022
+
+
+def test_analyze_verdicts_positive_control_and_exit_code(tiny_ckpt, tmp_path) -> None:
+    """The positive control passes on the trained MLP and fails on its destroyed copy (exit 0);
+    on an untrained network of the same config it fails (exit 1)."""
+    r = analyze_checkpoint(tiny_ckpt, draws=4, factors=(2, 4, 8), num_shuffles=50, fpr_trials=5)
+    v = r["verdicts"]
+    assert v["positive_control"]["trained"]["passed"], v["positive_control"]
+    assert not v["positive_control"]["destroyed"]["passed"]
+    assert all(i["kind"] == "identity" and i["verdict"] == "holds"
+               for i in v["identities"].values())  # fmt: skip
+    assert set(v["rc_tie"]) == {"h1", "h2"} and 0 <= v["rc_tie_false_positive_rate"] <= 1
+    assert r["exit_code"] == 0 and "positive control" in format_report(r)
+    model, meta, cfg = load_model(tiny_ckpt)
+    from growth.formats.checkpoint import save_checkpoint
+
+    init = params_of(init_model("mlp", cfg, seed=5))
+    save_checkpoint(tmp_path / "untrained", init, meta)
+    u = analyze_checkpoint(tmp_path / "untrained", draws=4, factors=(2, 4, 8), num_shuffles=50,
+                           fpr_trials=2)
+    assert not u["verdicts"]["positive_control"]["trained"]["passed"]
+    assert u["exit_code"] == 1
 
 
 def test_analyze_bad_input(tmp_path, tiny_ckpt, capsys) -> None:

@@ -207,6 +207,8 @@ def test_whole_unit_growth_keeps_the_loss(trained_mlp, method: str) -> None:
     cfg, p = trained_mlp.config, trained_mlp.params
     width = {"h1": 160, "h2": 96}  # non-multiples: unequal copy counts 2..3 and 1..2
     grown, report = grow(p, MLP.spec(cfg), width=width, method=method, key=3)
+    x = trained_mlp.x_test
+    report.measured(mlp_apply(p, x), mlp_apply(grown, x))
     assert report.function_preserving and report.copies["h1"] == (2, 3)
     loss = _test_loss(trained_mlp, grown)
     assert abs(loss - trained_mlp.loss) <= 1e-5 * max(1.0, trained_mlp.loss), loss

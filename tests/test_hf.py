@@ -60,7 +60,7 @@ def test_width_growth_keeps_embeddings(minilm, tmp_path):
     e0 = bert.encode(params, config, ids, mask)
     width = {"d": 768, "heads": 24, "ff": 3072}
     report = hf.grow_hf(src, tmp_path / "g", width=width, method="copy")
-    assert report.function_preserving
+    assert report.function_preserving and report.function_check == "measured"
     g, gc, _ = hf.load_hf(tmp_path / "g")
     assert (gc["hidden_size"], gc["num_attention_heads"], gc["intermediate_size"]) == (
         768,
@@ -162,6 +162,14 @@ def test_clear_errors(tmp_path):
     with pytest.raises(GrowthError, match="unsupported architecture"):
         hf.grow_hf(tmp_path / "m", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_non_multiple_width_is_refused(minilm, tmp_path):
+    """all-MiniLM-L6-v2 384 -> 576: post-LN padding would move hidden states 4.7%; refused."""
+    src, params, config, spec = minilm
+    with pytest.raises(GrowthError, match="d=576: BERT is post-LN"):
+        hf.grow_hf(src, tmp_path / "pad", width={"d": 576, "heads": 18}, method="exact")
+    assert not (tmp_path / "pad").exists()
 
 
 def test_width_without_heads_is_refused(minilm, tmp_path):

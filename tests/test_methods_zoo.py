@@ -63,13 +63,13 @@ def test_exact_width_recipes_keep_mlp_function(name: str) -> None:
     for width in ({"h1": 12, "h2": 10}, {"h1": 9, "h2": 13}):  # multiple, non-multiple
         err, report, _ = _mlp_err(name, width)
         assert err <= TOL, (name, width, err)
-        assert report.function_preserving
+        assert report.record_error(err).function_preserving
 
 
 def test_net2net_exact_without_noise_and_order_sigma_with_noise() -> None:
     width = {"h1": 15, "h2": 11}
     err0, rep0, _ = _mlp_err(get_method("net2net", sigma=0.0), width)
-    assert err0 <= TOL and rep0.function_preserving
+    assert err0 <= TOL and rep0.record_error(err0).function_preserving
     errs = [_mlp_err(get_method("net2net", sigma=s), width, key=2)[0] for s in (0.01, 0.04)]
     assert errs[0] > 10 * TOL
     assert 2.5 < errs[1] / errs[0] < 6, errs  # O(sigma): linear in the noise size
@@ -77,7 +77,7 @@ def test_net2net_exact_without_noise_and_order_sigma_with_noise() -> None:
 
 def test_bert2bert_fpi_width_exact_on_mlp_but_not_under_layernorm() -> None:
     err, report, _ = _mlp_err("bert2bert-fpi", {"h1": 15, "h2": 11}, key=4)
-    assert err <= TOL and report.function_preserving  # no norms: FPI is exact
+    assert err <= TOL and report.record_error(err).function_preserving  # no norms: FPI exact
     cfg = RES.config(input_dim=3, width=6, hidden=8, depth=2, num_classes=2)
     params = random_params("resmlp", cfg, 0)
     new, report = grow(params, RES.spec(cfg), width={"d": 10}, method="bert2bert-fpi", key=1)
@@ -99,7 +99,7 @@ def test_hypercloning_noise_breaks_symmetry_and_keeps_function() -> None:
     err = rel_err(
         model_fn("resmlp", RES.resize(cfg, width))(new, x), model_fn("resmlp", cfg)(params, x)
     )
-    assert err <= TOL and report.function_preserving
+    assert err <= TOL and report.record_error(err).function_preserving
     w2 = np.asarray(new["w2"])  # [L, h, d]: the two copies of hidden unit 0 read differently
     assert np.abs(w2[:, 0] - w2[:, 8]).max() > 1e-2
     src = np.asarray(params["w2"])[:, 0]
@@ -113,12 +113,12 @@ def test_lemon_exact_for_any_width_and_depth_on_resmlp() -> None:
     width, depth = {"d": 10, "h": 11}, {"blocks": 5}
     plan = plan_growth(params, spec, width=width, depth=depth, method="lemon", key=2)
     new, report = grow(params, spec, width=width, depth=depth, method="lemon", key=2)
-    assert report.function_preserving and report.eps_scale == plan.report.eps_scale
+    assert report.eps_scale == plan.report.eps_scale and report.function_check == "unmeasured"
     new_cfg = RES.grown(cfg, plan)  # sizes + eps x k n / N
     assert new_cfg.eps == cfg.eps * report.eps_scale["d"] != cfg.eps
     x = _x(3)
     err = rel_err(model_fn("resmlp", new_cfg)(new, x), model_fn("resmlp", cfg)(params, x))
-    assert err <= TOL, err
+    assert err <= TOL and report.record_error(err).function_preserving, err
 
 
 @pytest.mark.parametrize("name", ["bert2bert-fpi", "stack", "tleg"])

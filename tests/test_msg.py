@@ -67,7 +67,7 @@ def test_mlp_width_exact_at_mask_zero(n, extra, seed) -> None:
     np.testing.assert_array_equal(read1, np.asarray(new["layers"][2]["kernel"]))
     np.testing.assert_array_equal(read0[~fresh], read1[~fresh])
     assert np.isfinite(err1)
-    assert plan.report.function_preserving and plan.method.name == "msg"
+    assert plan.report.record_error(err0).function_preserving and plan.method.name == "msg"
     assert int(info.new_units["h2"].sum()) == extra[1]
     k = np.asarray(new["layers"][1]["kernel"])  # [in:h1, out:h2]: old block untouched
     np.testing.assert_array_equal(k[: n[0], : n[1]], np.asarray(params["layers"][1]["kernel"]))

@@ -82,6 +82,8 @@ class RCTie(NamedTuple):
     mean ~ 0, sd ~ 1/sqrt(n - 1)).
     z: ``(paired - shuffled_mean) / shuffled_sd``.
     n: number of units.
+    p: two-sided permutation p-value ``(1 + #{s: |rho_s| >= |rho|}) / (S + 1)`` of the null
+    "the pairing of incoming and outgoing norms is exchangeable" (exact level: P(p <= a) <= a).
     """
 
     paired: float
@@ -89,6 +91,7 @@ class RCTie(NamedTuple):
     shuffled_sd: float
     z: float
     n: int
+    p: float = 1.0
 
     def to_dict(self) -> dict:
         return self._asdict()
@@ -125,7 +128,8 @@ def rc_tie(w_in: ArrayLike, w_out: ArrayLike, key: jax.Array, num_shuffles: int 
     null = _pearson_rows(ra, rc[perms])
     mean, sd = float(null.mean()), float(null.std(ddof=1))
     z = (paired - mean) / sd if sd > 0 else float("inf") * np.sign(paired - mean)
-    return RCTie(paired, mean, sd, float(z), n)
+    p = (1 + int(np.sum(np.abs(null) >= abs(paired) - 1e-12))) / (num_shuffles + 1)
+    return RCTie(paired, mean, sd, float(z), n, float(p))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -188,8 +188,9 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 def _cmd_analyze(a: argparse.Namespace) -> int:
     from growth.apps.analyze import analyze
 
-    print(analyze(a.checkpoint, a.out, draws=a.draws, seed=a.seed)[1])
-    return 0
+    report, text = analyze(a.checkpoint, a.out, draws=a.draws, seed=a.seed)
+    print(text)
+    return report.get("exit_code", 0)
 
 
 def _cmd_track(a: argparse.Namespace) -> int:
@@ -197,8 +198,9 @@ def _cmd_track(a: argparse.Namespace) -> int:
 
     kw = {} if a.lr is None else {"lr": a.lr}
     res = track_checkpoint(
-        a.checkpoint, steps=a.steps, optimizer=a.optimizer, width=a.width, eps=a.eps, **kw
-    )
+        a.checkpoint, steps=a.steps, optimizer=a.optimizer, width=a.width, method=a.method,
+        eps=a.eps, **kw,
+    )  # fmt: skip
     print(format_track(res))
     if a.json:
         with open(a.json, "w") as f:
@@ -344,13 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = command(
         "track", "train a grown copy beside its source: trajectories must match; controls must not",
-        "exit status: 0 passed, 1 failed, 2 bad input.\n\nexample:\n"
-        "  grow track runs/small --optimizer adam --steps 100",
+        "a grown checkpoint (from 'grow grow') is tracked as grown, against its recorded\n"
+        "source: a growth that does not keep the function, or breaks the copies' symmetry,\n"
+        "fails. Any other checkpoint is grown by --method to --width first.\n\n"
+        "exit status: 0 passed, 1 failed, 2 bad input.\n\nexamples:\n"
+        "  grow track runs/big --optimizer adam --steps 100\n"
+        "  grow track runs/small --width x2 --method copy",
     )  # fmt: skip
-    tr.add_argument("checkpoint", help="the source checkpoint")
+    tr.add_argument("checkpoint", help="a grown checkpoint, or a source to grow")
     tr.add_argument("--steps", type=int, default=100, help="training steps of both runs")
     tr.add_argument("--optimizer", choices=["sgd", "adam"], default="adam", help="optimizer")
-    tr.add_argument("--width", default="x2", help="'x2', or 'h1=x2,h2=48' per space")
+    tr.add_argument("--width", default="x2", help="'x2', or 'h1=x2,h2=48' (source only)")
+    tr.add_argument("--method", default="copy", help="growth of a source checkpoint")
     tr.add_argument("--lr", type=float, default=None, help="default: 0.05 (sgd), 1e-3 (adam)")
     tr.add_argument("--eps", type=float, default=1e-5, help="Adam epsilon")
     tr.add_argument("--json", default=None, help="write the full result here")

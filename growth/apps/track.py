@@ -41,7 +41,9 @@ from growth.tasks.data import Dataset, iterate_batches, load_dataset
 from growth.tasks.train import cross_entropy, scale_by_leaf
 from theory.parametrization import adam_eps_multipliers, lr_multipliers
 
-__all__ = ["CONTROLS", "RULES", "track", "track_checkpoint", "width_aware_optimizer"]
+__all__ = [
+    "CONTROLS", "RULES", "track", "track_checkpoint", "track_pair", "width_aware_optimizer",
+]
 
 RULES: tuple[str, ...] = ("right", "global-lr", "unscaled-eps", "coupled-wd")
 #: negative controls that apply to each optimizer
@@ -122,6 +124,33 @@ def track(
     data: Dataset,
     *,
     width: str | Mapping[str, int] = "x2",
+    method: str = "copy",
+    seed: int = 0,
+    **kwargs: Any,
+) -> dict:
+    """Grow ``params`` (a ``family``/``config`` model) by ``method`` (default ``copy``) to
+    ``width`` and :func:`track_pair` the source and the grown model. Extra keyword arguments go
+    to :func:`track_pair`."""
+    fam = get_family(family)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    spec = fam.spec(config)
+    resolved = spec.resolve(params)
+    spaces = {s: resolved.sizes[s] for s in resolved.width_spaces()}
+    targets = width if isinstance(width, Mapping) else parse_targets(width, spaces, "width")
+    plan = plan_growth(params, spec, width=targets, method=method, key=seed)
+    big = apply_plan(plan, params)
+    return track_pair(params, config, big, grown_config(fam, config, plan), family, data,
+                      seed=seed, **kwargs)  # fmt: skip
+
+
+def track_pair(
+    params: Any,
+    config: Any,
+    big: Any,
+    big_cfg: Any,
+    family: str,
+    data: Dataset,
+    *,
     steps: int = 100,
     optimizer: str = "adam",
     rules: Sequence[str] | None = None,
@@ -132,8 +161,9 @@ def track(
     parametrization: str = "mf",
     seed: int = 0,
 ) -> dict:
-    """Train ``params`` (a ``family``/``config`` model) and its ``copy``-grown version side by
-    side for ``steps`` steps on the same batches of ``data``; one grown run per rule.
+    """Train ``params`` (``config``) and a grown model ``big`` (``big_cfg``) side by side for
+    ``steps`` steps on the same batches of ``data``; one grown run per rule, whose LR and eps
+    factors are those of the grown sizes relative to the source's.
 
     rules: default ``("right", *CONTROLS[optimizer])``. parametrization: whose LR factors the
     ``right`` rule uses; ``"mf"`` (SGD ``r_out / r_in``) tracks for any per-space factors,
@@ -145,7 +175,8 @@ def track(
 
     Returns a JSON-able dict with ``gaps[rule] = max_t |L'_t - L_t| / |L_t|`` over the per-step
     training losses ``L_t`` (source) and ``L'_t`` (grown; each evaluated on the step's batch
-    before its update), the loss curves, sizes and settings.
+    before its update; ``t = 0`` is the grown model as given), the loss curves, sizes and
+    settings.
     """
     if steps < 1:
         raise GrowthError(f"steps={steps}: must be >= 1")
@@ -161,17 +192,9 @@ def track(
             raise GrowthError(f"rule {r!r}: expected one of {RULES}")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     fam = get_family(family)
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-    spec = fam.spec(config)
-    resolved = spec.resolve(params)
-    spaces = {s: resolved.sizes[s] for s in resolved.width_spaces()}
-    targets = width if isinstance(width, Mapping) else parse_targets(width, spaces, "width")
-    plan = plan_growth(params, spec, width=targets, method="copy")
-    if not plan.report.function_preserving:
-        raise GrowthError(f"width {width!r}: balanced growth is not exact here ({plan.report})")
-    big = apply_plan(plan, params)
-    big_cfg = grown_config(fam, config, plan)
-    big_resolved = spec.resolve(big)
+    params, big = (jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), p) for p in (params, big))
+    resolved = fam.spec(config).resolve(params)
+    big_resolved = fam.spec(big_cfg).resolve(big)
     base = dict(resolved.sizes)
     kw = {"optimizer": optimizer, "parametrization": parametrization, "eps": eps}
     kw["weight_decay"] = weight_decay
@@ -199,8 +222,8 @@ def track(
         "eps": eps,
         "weight_decay": weight_decay,
         "batch_size": batch_size,
-        "sizes_before": dict(plan.report.sizes_before),
-        "sizes_after": dict(plan.report.sizes_after),
+        "sizes_before": base,
+        "sizes_after": dict(big_resolved.sizes),
         "source_loss": ref.tolist(),
         "gaps": {},
         "grown_loss": {},
@@ -219,20 +242,37 @@ def track_checkpoint(
     steps: int = 100,
     optimizer: str = "adam",
     width: str | Mapping[str, int] = "x2",
+    method: str = "copy",
     tol: float = 1e-6,
     **kwargs: Any,
 ) -> dict:
-    """:func:`track` on the checkpoint at ``path`` (its dataset from the checkpoint's meta).
+    """Track the checkpoint at ``path`` (its dataset from the checkpoint's meta).
+
+    A grown checkpoint (its meta records ``growth`` and ``source``) is tracked as it is: the
+    checkpoint itself against its recorded source (``width`` and ``method`` are then unused; the
+    ``growth`` entry of the result is its recorded method and sizes). Any other checkpoint is
+    grown by ``method`` to ``width`` first (:func:`track`).
 
     Adds ``passed``: the right rule's gap is ``<= tol`` and every control's gap is ``> 10 tol``
-    (the controls visibly diverge). Extra keyword arguments go to :func:`track`.
+    (the controls visibly diverge). Only a growth that keeps the function *and* keeps copies
+    identical (no symmetry-breaking noise) can pass: its trajectory is the source's
+    (``w'(t) = V w(t)[g]``). Extra keyword arguments go to :func:`track_pair`.
     """
     model, meta, config = load_model(path)
     data = load_dataset(meta.get("dataset", "mnist1d"))
-    res = track(
-        params_of(model), meta["family"], config, data, width=width, steps=steps,
-        optimizer=optimizer, **kwargs,
-    )  # fmt: skip
+    if "growth" in meta and meta.get("source"):
+        source = os.path.join(os.path.abspath(path), meta["source"])
+        s_model, s_meta, s_config = load_model(source)
+        if s_meta["family"] != meta["family"]:
+            raise GrowthError(f"{path}: source family {s_meta['family']!r} != {meta['family']!r}")
+        res = track_pair(params_of(s_model), s_config, params_of(model), config, meta["family"],
+                         data, steps=steps, optimizer=optimizer, **kwargs)  # fmt: skip
+        res["source"] = source
+        res["growth"] = {"method": meta["growth"]["method"]["name"], "recorded": True}
+    else:
+        res = track(params_of(model), meta["family"], config, data, width=width, method=method,
+                    steps=steps, optimizer=optimizer, **kwargs)  # fmt: skip
+        res["growth"] = {"method": method, "recorded": False}
     res["checkpoint"] = str(path)
     gaps = res["gaps"]
     right_ok = gaps.get("right", 0.0) <= tol
@@ -245,7 +285,8 @@ def track_checkpoint(
 def format_track(res: dict) -> str:
     """Readable summary of a :func:`track` / :func:`track_checkpoint` result."""
     lines = [
-        f"{res['family']} {res['sizes_before']} -> {res['sizes_after']} (copy growth), "
+        f"{res['family']} {res['sizes_before']} -> {res['sizes_after']} "
+        f"({res.get('growth', {}).get('method', '?')} growth), "
         f"{res['optimizer']} lr={res['lr']} eps={res['eps']} wd={res['weight_decay']}, "
         f"{res['steps']} steps on identical batches",
         f"source loss {res['source_loss'][0]:.4f} -> {res['source_loss'][-1]:.4f}",

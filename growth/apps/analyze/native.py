@@ -33,6 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from growth.apps.analyze.verdicts import (
+    ALPHA,
+    exit_code,
+    identity,
+    tie_false_positive_rate,
+    tie_verdict,
+    unit_control,
+)
 from growth.apps.commands import load_model
 from growth.engine import grow
 from growth.errors import GrowthError
@@ -159,9 +167,12 @@ def analyze_checkpoint(
     draws: int = 8,
     factors: Sequence[int] = (2, 4, 8, 16),
     num_shuffles: int = 200,
+    fpr_trials: int = 40,
     seed: int = 0,
 ) -> dict:
-    """RC-ansatz diagnostics of the MLP / resmlp checkpoint at ``path`` (see the module doc).
+    """RC-ansatz diagnostics of the MLP / resmlp checkpoint at ``path`` (see the module doc),
+    with verdicts (:mod:`.verdicts`; ``fpr_trials`` null layers per space measure the RC-tie
+    test's false-positive rate).
 
     draws: iid growth draws per width (>= 2). factors: growth factors k (>= 3 distinct, > 0),
     N = k n for every grown space. Returns a JSON-able dict; writes ``analysis.json`` and
@@ -217,9 +228,23 @@ def analyze_checkpoint(
         ),
     }
 
-    # LLN fit of iid growth (width only, non-normalised spaces)
     spec = fam.spec(config)
     resolved = spec.resolve(params)
+    shapes = [(int(_get(params, a).shape[0]), int(_get(params, a).shape[1]),
+               int(_get(params, c).shape[1])) for a, _, c in spaces.values()]  # fmt: skip
+    verdicts = {
+        "rc_tie": {s: tie_verdict(t) for s, t in ties.items()},
+        "rc_tie_false_positive_rate": tie_false_positive_rate(
+            shapes, jax.random.fold_in(key, 7), trials=fpr_trials, num_shuffles=num_shuffles
+        ),
+        "positive_control": _positive_control(family, config, params, x, y, draws, seed),
+        "identities": {
+            "unit_permutation": identity("whole-unit permutation keeps the loss",
+                                         controls["unit_permutation"], loss),  # fmt: skip
+        },
+    }
+
+    # LLN fit of iid growth (width only, non-normalised spaces)
     normed = set(resolved.normalized_spaces())
     grown_spaces = [s for s in resolved.width_spaces() if s not in normed]
     if not grown_spaces:
@@ -255,6 +280,17 @@ def analyze_checkpoint(
         "gap_fit": loglog_slope(widths, np.maximum(mean_gap, 1e-12)).to_dict(),
         "sd_fit": loglog_slope(widths, np.maximum(logit_sd, 1e-12)).to_dict(),
     }
+    verdicts["identities"]["balanced_gap"] = identity(
+        "balanced (copy) growth keeps the loss", loss + max(balanced, key=abs), loss
+    )
+    verdicts["lln_sd_slope"] = {
+        "kind": "consistency",
+        "null": "the logits' draw-to-draw sd falls as N^-1/2 (LLN of any measure)",
+        "threshold": "95% CI of the log-log slope contains -0.5",
+        "verdict": "consistent" if lln["sd_fit"]["ci"][0] <= -0.5 <= lln["sd_fit"]["ci"][1]
+        else "inconsistent",
+        "note": "holds for untrained networks too: evidence about the sampler, not training",
+    }  # fmt: skip
     result = {
         "checkpoint": str(path),
         "family": family,
@@ -266,10 +302,62 @@ def analyze_checkpoint(
         "rc_tie": ties,
         "controls": controls,
         "lln": lln,
+        "verdicts": verdicts,
+        "exit_code": exit_code(verdicts),
     }
     if out_dir is not None:
         result["out"] = str(write_outputs(out_dir, result))
     return result
+
+
+_CONTROL_SPACE = {"mlp": ("h1", ("layers", 1, "kernel")), "resmlp": ("h", ("w2",))}
+
+
+def _positive_control(
+    family: str, config: Any, params: dict, x: jax.Array, y: jax.Array, draws: int, seed: int,
+    k: int = 8, destroyed_copies: int = 4,
+) -> dict:  # fmt: skip
+    """Units vs entries (:func:`.verdicts.unit_control`) on the network and on
+    ``destroyed_copies`` copies with the control space's outgoing kernel resampled entrywise;
+    the fraction of destroyed copies that pass is the control's measured false-positive rate."""
+    fam = get_family(family)
+    space, out_path = _CONTROL_SPACE[family]
+    part = (out_path, None)
+    n = fam.spec(config).resolve(params).sizes[space]
+    g_fwd = _forward(family, fam.resize(config, {space: k * n}))
+    fwd = _forward(family, config)
+    key = jax.random.key(seed + 101)
+
+    def run(p: dict, salt: int) -> dict:
+        w = _get(p, part)
+
+        def units(d: int) -> float:
+            g, _ = grow(p, fam.spec(config), width={space: k * n}, method=IID_WIDTH,
+                        key=jax.random.fold_in(key, 10_000 * salt + d))  # fmt: skip
+            return _loss(g_fwd(g, x), y)
+
+        def entries(d: int) -> float:
+            w2 = resample_entries_iid(w, jax.random.fold_in(key, 10_000 * salt + 5000 + d))
+            return _loss(fwd(_set(p, part, w2), x), y)
+
+        return unit_control(units, entries, draws, seed + salt)
+
+    destroyed = [
+        run(_set(params, part, resample_entries_iid(_get(params, part),
+                                                    jax.random.fold_in(key, 99 + c))), c + 1)
+        for c in range(destroyed_copies)
+    ]  # fmt: skip
+    return {
+        "kind": "test",
+        "space": space,
+        "null": f"whole-unit resampling of {space!r} (iid growth to {k} n) keeps the loss no "
+        "better than entrywise resampling",
+        "threshold": f"bootstrap lower {1 - ALPHA:.0%} bound of mean(loss_entries - loss_units)"
+        " > 0",
+        "trained": run(params, 0),
+        "destroyed": destroyed[0],
+        "false_positive_rate": float(np.mean([d["passed"] for d in destroyed])),
+    }
 
 
 def format_report(r: dict) -> str:
@@ -304,7 +392,32 @@ def format_report(r: dict) -> str:
         ("E|gap|", "gap_fit", "-1 for MF sources; SP/muP sources keep an O(1/k) bias"),
         ("sd of logits", "sd_fit", "-0.5"),
     )
-    return "\n".join(lines + fit_lines(r, fits))
+    return "\n".join(lines + fit_lines(r, fits) + verdict_lines(r["verdicts"]))
+
+
+def verdict_lines(v: dict) -> list[str]:
+    """The verdicts block of a report (see :mod:`.verdicts`)."""
+    pc = v["positive_control"]
+    lines = ["", f"verdicts (alpha = {ALPHA})"]
+    for s, t in v["rc_tie"].items():
+        lines.append(f"  RC tie {s:<12} p = {t['p']:.3f}: {t['verdict']}  (H0: {t['null']})")
+    lines.append(f"  RC tie false-positive rate on iid Gaussian layers: "
+                 f"{v['rc_tie_false_positive_rate']:.3f}")  # fmt: skip
+    tr, de = pc["trained"], pc["destroyed"]
+    lines += [
+        f"  positive control ({pc['null']}; pass: {pc['threshold']})",
+        f"    this network: mean {tr['mean_difference']:.4f}, lower {tr['lower_bound']:.4f}: "
+        f"{'pass' if tr['passed'] else 'FAIL'}",
+        f"    destroyed copy: mean {de['mean_difference']:.4f}, lower {de['lower_bound']:.4f}: "
+        f"{'pass (control uninformative)' if de['passed'] else 'fail, as it must'}; "
+        f"false-positive rate {pc['false_positive_rate']:.2f}",
+    ]
+    for i in v["identities"].values():
+        lines.append(f"  identity: {i['what']}: gap {i['relative_gap']:.2g} {i['verdict']} "
+                     "(by construction, not evidence)")  # fmt: skip
+    s = v["lln_sd_slope"]
+    lines.append(f"  LLN spread slope: {s['verdict']} ({s['note']})")
+    return lines
 
 
 def tie_lines(ties: dict) -> list[str]:

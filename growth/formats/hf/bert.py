@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from growth.errors import CheckpointError, GrowthError
+from growth.formats.hf.bert_forward import hidden_states
 from growth.formats.hf.io import (  # noqa: F401  (CONFIG, WEIGHTS, SUPPORTED: public names here too)
     CONFIG,
     DECODERS,
@@ -58,7 +59,9 @@ from growth.formats.hf.io import numpy_tree as _numpy_tree
 from growth.formats.hf.io import parse_growth_targets as _targets
 from growth.formats.hf.layout import need
 from growth.formats.outdir import check_out, check_size
+from growth.guarantee import declare
 from growth.methods import DEFAULT_METHOD
+from growth.models import model_from_params
 from growth.spec import LeafSpec, NeuronSpec
 
 # (internal name, HF suffix under encoder.layer.{i}.)
@@ -422,17 +425,32 @@ def grow_params(
                 "blocks with zeroed residual outputs are exact identities"
             )
         from growth.formats.hf.decoder import grow_decoder
+        from growth.formats.hf.layout import decoder_config
 
-        return grow_decoder(
+        grown, cfg, plan = grow_decoder(
             params, config, width=width, depth=depth, method=method, seed=seed,
             size_bound=size_bound,
         )  # fmt: skip
+        ids = _probe_ids(int(config["vocab_size"]))
+        plan.report.measured(*(
+            model_from_params("decoder", decoder_config(c), _float32(p))(ids)
+            for p, c in ((params, config), (grown, cfg))
+        ))  # fmt: skip
+        return grown, cfg, plan
     if new_block_ln not in ("copy", "unit"):
         raise GrowthError(f"new_block_ln={new_block_ln!r}: expected 'copy' or 'unit'")
     resolved = spec.resolve(params)
     sizes = dict(resolved.sizes)
     w = _targets({s: sizes[s] for s in resolved.width_spaces()}, width, "width")
     dp = _targets({"layers": sizes["layers"]}, depth, "depth")
+    n, N = sizes["d"], w.get("d", sizes["d"])
+    if N % n:
+        raise GrowthError(
+            f"width target d={N}: BERT is post-LN, so growing d {n} -> {N} (not a multiple) "
+            "cannot be exact: pad slots of the residual stream hold LayerNorm's bias (0), not "
+            "the stream's mean, and every later LayerNorm sees other statistics (MiniLM "
+            f"384 -> 576 moved hidden states 4.7%); use a multiple of {n} for d"
+        )
     size_bound(grown_nbytes(resolved, params, w, dp))
     plan = plan_growth(params, spec, width=w, depth=dp, method=method, key=seed)
     grown = apply_plan(plan, params)
@@ -440,16 +458,36 @@ def grow_params(
     report = plan.report
     dmap = plan.depth_maps.get("layers")
     if dmap is not None:
-        report.function_preserving = False
         new = np.asarray(dmap.out_scale) == 0
         if plan.method.depth == "identity" and new_block_ln == "unit" and new.any():
             grown["layers"]["ln1_g"][new] = 1.0
             grown["layers"]["ln1_b"][new] = 0.0
+        why = "post-LN: inserted blocks apply their LayerNorms to the residual stream"
+        report.bound = declare("none", [why], depth=report.bound["depth"],
+                               u=report.bound["unit_roundoff"], sigma=0.0, h=0.0).to_dict()
         report.notes.append(
             "post-LN BERT: inserted blocks still apply their LayerNorms to the residual stream "
             f"(x -> LN(x) != x), so depth growth is approximate (new_block_ln={new_block_ln!r})"
         )
-    return grown, grown_config(config, grown, report.eps_scale), plan
+    cfg = grown_config(config, grown, report.eps_scale)
+    ids = _probe_ids(int(config["vocab_size"]))
+    mask = np.ones_like(ids)
+    d_index = np.asarray(plan.maps["d"].index) if "d" in plan.maps else np.arange(n)
+    ref = hidden_states(params, config, ids, mask)[..., d_index]
+    report.measured(ref, hidden_states(grown, cfg, ids, mask))
+    return grown, cfg, plan
+
+
+def _probe_ids(vocab: int, shape: tuple[int, int] = (2, 8)) -> np.ndarray:
+    """Fixed random token ids on which a growth's outputs are measured."""
+    return np.random.default_rng(0).integers(0, vocab, shape)
+
+
+def _float32(params: Any) -> Any:
+    """params as float32 numpy (the weights as stored, computed in float32)."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
 
 
 def minilm_dir() -> Path:
