@@ -41,7 +41,19 @@ def test_report_invariants(report):
     assert json.loads((out / "analysis.json").read_text())["controls"] == c
     assert (out / "analysis.png").stat().st_size > 0
     text = format_hf_report(report)
-    assert "ff@layer5" in text and "slope of mean error" in text
+    assert "ff@layer5" in text and "slope of mean error" in text and "positive control" in text
+
+
+def test_verdicts(report):
+    """The positive control passes on MiniLM and fails on its destroyed copy (ff2_w resampled
+    entrywise); identities hold; the exit code says so."""
+    v = report["verdicts"]
+    pc = v["positive_control"]
+    assert pc["trained"]["passed"] and not pc["destroyed"]["passed"], pc
+    assert all(i["verdict"] == "holds" for i in v["identities"].values())
+    assert set(v["rc_tie"]) == set(report["rc_tie"])
+    assert all(t["verdict"] in ("tie", "no tie") for t in v["rc_tie"].values())
+    assert report["exit_code"] == 0
 
 
 def test_bad_input():

@@ -29,7 +29,15 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from growth.apps.analyze.native import BALANCED, IID_WIDTH, fit_lines, tie_lines, write_outputs
+from growth.apps.analyze.native import (
+    BALANCED,
+    IID_WIDTH,
+    fit_lines,
+    tie_lines,
+    verdict_lines,
+    write_outputs,
+)
+from growth.apps.analyze.verdicts import ALPHA, exit_code, identity, tie_verdict, unit_control
 from growth.engine import grow
 from growth.errors import GrowthError
 from growth.formats import hf
@@ -139,6 +147,7 @@ def analyze_hf(
     }
 
     n_ff = int(layers["ff1_w"].shape[1])
+    verdicts = _verdicts(params, spec, error, n_ff, draws, seed, controls, ties)
     widths, mean_gap, emb_sd, balanced = [], [], [], []
     for k in factors:
         target = {"ff": k * n_ff}
@@ -179,6 +188,8 @@ def analyze_hf(
         "rc_tie": ties,
         "controls": controls,
         "lln": lln,
+        "verdicts": verdicts,
+        "exit_code": exit_code(verdicts),
     }
     if out_dir is not None:
         result["out"] = str(
@@ -191,6 +202,50 @@ def analyze_hf(
             )
         )
     return result
+
+
+def _verdicts(params: dict, spec, error, n_ff: int, draws: int, seed: int, controls: dict,
+              ties: dict, k: int = 8) -> dict:  # fmt: skip
+    """Verdicts (:mod:`.verdicts`) on the embedding error: the RC-tie tests, the positive
+    control on ``ff`` (iid growth of every layer's ``ff`` to ``k ff`` vs entrywise resampling
+    of every ``ff2_w``) on the model and on a destroyed copy (``ff2_w`` resampled entrywise),
+    and the identities (whole-unit permutation, balanced growth)."""
+    key = jax.random.key(seed + 101)
+
+    def resampled(p: dict, salt: int) -> dict:
+        w = resample_entries_iid(p["layers"]["ff2_w"], jax.random.fold_in(key, salt))
+        return {**p, "layers": {**p["layers"], "ff2_w": np.asarray(w)}}
+
+    def run(p: dict, salt: int) -> dict:
+        def units(d: int) -> float:
+            g, _ = grow(p, spec, width={"ff": k * n_ff}, method=IID_WIDTH,
+                        key=jax.random.fold_in(key, 10_000 * salt + d))  # fmt: skip
+            return error(jax.tree_util.tree_map(np.asarray, g))[0]
+
+        return unit_control(units, lambda d: error(resampled(p, 10_000 * salt + 5000 + d))[0],
+                            draws, seed + salt)  # fmt: skip
+
+    balanced, _ = grow(params, spec, width={"ff": 2 * n_ff}, method=BALANCED, key=seed)
+    return {
+        "rc_tie": {s: tie_verdict(t) for s, t in ties.items()},
+        "positive_control": {
+            "kind": "test",
+            "space": "ff",
+            "null": f"whole-unit resampling of ff (iid growth to {k} n) keeps the embeddings "
+            "no better than entrywise resampling of ff2_w",
+            "threshold": f"bootstrap lower {1 - ALPHA:.0%} bound of mean(err_entries - "
+            "err_units) > 0",
+            "trained": run(params, 0),
+            "destroyed": run(resampled(params, 99), 1),
+        },
+        "identities": {
+            "unit_permutation": identity("whole-unit permutation keeps the embeddings",
+                                         controls["unit_permutation"], 0.0),  # fmt: skip
+            "balanced_gap": identity("balanced (copy) growth keeps the embeddings",
+                                     error(jax.tree_util.tree_map(np.asarray, balanced))[0],
+                                     0.0),  # fmt: skip
+        },
+    }
 
 
 def format_hf_report(r: dict) -> str:
@@ -223,4 +278,4 @@ def format_hf_report(r: dict) -> str:
         ("mean error", "gap_fit", "-1: 1 - cos is quadratic in an O(N^-1/2) error; 0: bias"),
         ("sd of embeddings", "sd_fit", "-0.5"),
     )
-    return "\n".join(lines + fit_lines(r, fits))
+    return "\n".join(lines + fit_lines(r, fits) + verdict_lines(r["verdicts"]))

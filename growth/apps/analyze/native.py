@@ -401,22 +401,25 @@ def verdict_lines(v: dict) -> list[str]:
     lines = ["", f"verdicts (alpha = {ALPHA})"]
     for s, t in v["rc_tie"].items():
         lines.append(f"  RC tie {s:<12} p = {t['p']:.3f}: {t['verdict']}  (H0: {t['null']})")
-    lines.append(f"  RC tie false-positive rate on iid Gaussian layers: "
-                 f"{v['rc_tie_false_positive_rate']:.3f}")  # fmt: skip
+    if "rc_tie_false_positive_rate" in v:
+        lines.append(f"  RC tie false-positive rate on iid Gaussian layers: "
+                     f"{v['rc_tie_false_positive_rate']:.3f}")  # fmt: skip
     tr, de = pc["trained"], pc["destroyed"]
     lines += [
         f"  positive control ({pc['null']}; pass: {pc['threshold']})",
         f"    this network: mean {tr['mean_difference']:.4f}, lower {tr['lower_bound']:.4f}: "
         f"{'pass' if tr['passed'] else 'FAIL'}",
         f"    destroyed copy: mean {de['mean_difference']:.4f}, lower {de['lower_bound']:.4f}: "
-        f"{'pass (control uninformative)' if de['passed'] else 'fail, as it must'}; "
-        f"false-positive rate {pc['false_positive_rate']:.2f}",
-    ]
+        f"{'pass (control uninformative)' if de['passed'] else 'fail, as it must'}"
+        + (f"; false-positive rate {pc['false_positive_rate']:.2f}"
+           if "false_positive_rate" in pc else ""),
+    ]  # fmt: skip
     for i in v["identities"].values():
         lines.append(f"  identity: {i['what']}: gap {i['relative_gap']:.2g} {i['verdict']} "
                      "(by construction, not evidence)")  # fmt: skip
-    s = v["lln_sd_slope"]
-    lines.append(f"  LLN spread slope: {s['verdict']} ({s['note']})")
+    if "lln_sd_slope" in v:
+        s = v["lln_sd_slope"]
+        lines.append(f"  LLN spread slope: {s['verdict']} ({s['note']})")
     return lines
 
 
