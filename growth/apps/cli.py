@@ -335,7 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     an = command(
         "analyze", "RC-ansatz diagnostics of a trained network (RC tie, controls, LLN fits)",
         "reads an mfgrow MLP/resmlp checkpoint (on its dataset's test split) or a HF BERT\n"
-        "directory (on its sentence embeddings).\n\nexamples:\n  grow analyze runs/small\n"
+        "directory (on its sentence embeddings). Each diagnostic states its null hypothesis,\n"
+        "a calibrated threshold (permutation / bootstrap) and a verdict; identities are\n"
+        "labelled as such (docs/verdicts.md).\n\n"
+        "exit status: 0 the positive control passes on the network and fails on its destroyed\n"
+        "copy and the identities hold, 1 otherwise, 2 bad input.\n\n"
+        "examples:\n  grow analyze runs/small\n"
         "  grow analyze MINILM_DIR --out runs/minilm_analysis",
     )  # fmt: skip
     an.add_argument("checkpoint", help="an mfgrow MLP/resmlp checkpoint or a HF BERT directory")
