@@ -78,12 +78,17 @@ def test_sharded_growth_keeps_logits(family, method, dtype, tmp_path):
     src = make(tmp_path, family, dt)
     out = tmp_path / "big"
     report = hf.grow_hf(src, out, width="x2", depth="x2", method=method, shard_size="4KB")
-    assert report.function_preserving, report.notes
+    # copies (scales 1/2: exact in bf16 too) are proved; zero-sum noise is exact only in exact
+    # arithmetic, so a streamed growth (no forward pass) leaves it unmeasured
+    assert report.function_check == ("proved" if method == "copy" else "unmeasured"), report
     ids = _ids()  # T = 7 > Mistral's window 3
     err = rel_err(reference_logits(out, ids), reference_logits(src, ids))
     tol = F32_TOL if dt == np.float32 else BF16_COPY_TOL if method == "copy" else BF16_NOISE_TOL
     print(f"{family} {method} {dtype}: rel err {err:.2e} (tol {tol:g})")
     assert err < tol
+    # measured: bf16 with noise moves the logits beyond float32 rounding (issue 12)
+    noisy_bf16 = method != "copy" and dt != np.float32
+    assert report.record_error(err).function_preserving is not noisy_bf16, (err, report)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     files = sorted(set(index["weight_map"].values()))
     assert len(files) > 1 and not (out / "model.safetensors").exists()
