@@ -32,32 +32,59 @@ def pm(vals: list) -> str:
     return s + (f" ({len(got)}/{len(vals)})" if len(got) < len(vals) else "")
 
 
-def summarise(rows: list[dict], small_share: float | None = None) -> list[str]:
+def small_share(task: str) -> float:
+    """Parameters of the probe's small model over its large one (the small model's training
+    costs ``steps * share`` large-model steps)."""
+    import jax
+
+    from growth.models import get_family, init_model, params_of
+
+    if task == "mnist":
+        fam, small = get_family("resmlp"), get_family("resmlp").config(40, 16, 32, 2, 10)
+        big = fam.resize(small, {"d": 64, "h": 128, "blocks": 4})
+    else:
+        from growth.lm_demo import LMDemoConfig
+
+        fam, small = get_family("decoder"), LMDemoConfig.quick().decoder()
+        big = fam.resize(small, {"d": 64, "ff": 128, "kv": 4, "blocks": 4})
+
+    def count(cfg):
+        return sum(x.size for x in jax.tree.leaves(params_of(init_model(fam.name, cfg))))
+
+    return count(small) / count(big)
+
+
+def summarise(rows: list[dict], share: float) -> list[str]:
     runs = defaultdict(dict)  # variant -> lr -> seed -> curve
     for r in rows:
         if r["variant"] != "small":
             runs[r["variant"]].setdefault(r["lr"], {})[r["seed"]] = r["curve"]
     best = {}
     for v, by_lr in runs.items():
-        best[v] = min(by_lr, key=lambda lr, b=by_lr: np.mean([c["test_loss"][-1]
-                                                               for c in b[lr].values()]))
+        best[v] = min(
+            by_lr, key=lambda lr, b=by_lr: np.mean([c["test_loss"][-1] for c in b[lr].values()])
+        )
     sc = runs["scratch"][best["scratch"]]
     seeds = sorted(set(sc).intersection(*(c for by in runs.values() for c in by.values())))
-    lines = ["| arm | best LR | step-0 loss | final test loss | speed-up | ends below scratch |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    small = {r["seed"]: r["curve"] for r in rows if r["variant"] == "small"}
+    lines = ["| arm | best LR | zero-shot gap | final test loss | speed-up | speed-up, small "
+             "model charged | ends below scratch |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for v in runs:
         cur = runs[v][best[v]]
-        finals, sp, below, s0 = [], [], 0, []
+        finals, sp, charged, below, gap = [], [], [], 0, []
         for s in seeds:
             target = sc[s]["test_loss"][-1]
             t_sc = first_at_or_below(sc[s], target)
             t = first_at_or_below(cur[s], target)
             first = cur[s]["steps"][1]
             sp.append(None if t is None else t_sc / max(t, first))
+            cost = 0 if v == "scratch" else share * small[s]["steps"][-1]
+            charged.append(None if t is None else t_sc / (max(t, first) + cost))
             finals.append(cur[s]["test_loss"][-1])
-            s0.append(cur[s]["test_loss"][0])
+            gap.append(cur[s]["test_loss"][0] - small[s]["test_loss"][-1])
             below += cur[s]["test_loss"][-1] < target
-        lines.append(f"| {v} | {best[v]:g} | {pm(s0)} | {pm(finals)} | {pm(sp)} | "
+        g = "—" if v == "scratch" else f"{max(abs(x) for x in gap):.1g} (max)"
+        lines.append(f"| {v} | {best[v]:g} | {g} | {pm(finals)} | {pm(sp)} | {pm(charged)} | "
                      f"{below}/{len(seeds)} |")  # fmt: skip
     return lines
 
@@ -69,7 +96,7 @@ def main() -> None:
         groups[(r["task"], r["steps"])].append(r)
     for (task, steps), rs in groups.items():
         print(f"\n{task}, {steps} steps")
-        print("\n".join(summarise(rs)))
+        print("\n".join(summarise(rs, small_share(task))))
 
 
 if __name__ == "__main__":

@@ -188,8 +188,8 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
 
     w = jnp.asarray(test)
     ref = np.asarray(small(w[:8, :-1]))
-    out = np.asarray(model_from_params("decoder", big_cfg, p_grown)(w[:8, :-1]))
-    logit_err = float(np.abs(out - ref).max() / np.abs(ref).max())
+    logits = np.asarray(model_from_params("decoder", big_cfg, p_grown)(w[:8, :-1]))
+    logit_err = float(np.abs(logits - ref).max() / np.abs(ref).max())
     base = fam.sizes(small_cfg)
     mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(p_grown), base)
 
