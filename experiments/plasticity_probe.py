@@ -23,10 +23,10 @@ from pathlib import Path
 
 
 def _mnist_setup(seed: int, steps: int, small_lr: float, eval_every: int):
-    from growth.data import load_dataset
     from growth.models import init_model, params_of
     from growth.models.resmlp import ResMLPConfig
-    from growth.train import TrainConfig, train
+    from growth.tasks.data import load_dataset
+    from growth.tasks.train import TrainConfig, train
 
     data = load_dataset("mnist1d-large")
     small_cfg = ResMLPConfig(data.input_dim, 16, 32, 2, data.num_classes)
@@ -44,10 +44,10 @@ def _mnist_setup(seed: int, steps: int, small_lr: float, eval_every: int):
 def _lm_setup(seed: int, steps: int, small_lr: float, eval_every: int):
     from flax import nnx
 
-    from growth.lm_data import eval_windows, load_corpus
-    from growth.lm_demo import LMDemoConfig, train_lm
+    from growth.apps.demo.lm import LMDemoConfig, train_lm
     from growth.models import params_of
     from growth.models.decoder import Decoder
+    from growth.tasks.lm_data import eval_windows, load_corpus
 
     cfg = LMDemoConfig.quick(small_steps=steps, steps=steps, eval_every=eval_every, lr=small_lr)
     corpus = load_corpus(cfg.corpus_bytes)

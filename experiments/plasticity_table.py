@@ -43,7 +43,7 @@ def small_share(task: str) -> float:
         fam, small = get_family("resmlp"), get_family("resmlp").config(40, 16, 32, 2, 10)
         big = fam.resize(small, {"d": 64, "h": 128, "blocks": 4})
     else:
-        from growth.lm_demo import LMDemoConfig
+        from growth.apps.demo.lm import LMDemoConfig
 
         fam, small = get_family("decoder"), LMDemoConfig.quick().decoder()
         big = fam.resize(small, {"d": 64, "ff": 128, "kv": 4, "blocks": 4})
