@@ -60,17 +60,19 @@ def summarise(rows: list[dict], share: float) -> list[str]:
         if r["variant"] != "small":
             runs[r["variant"]].setdefault(r["lr"], {})[r["seed"]] = r["curve"]
     best = {}
-    for v, by_lr in runs.items():
+    for v, by_lr in runs.items():  # LR chosen on the seeds that every LR of the arm ran
+        common = set.intersection(*(set(c) for c in by_lr.values()))
         best[v] = min(
-            by_lr, key=lambda lr, b=by_lr: np.mean([c["test_loss"][-1] for c in b[lr].values()])
+            by_lr, key=lambda lr, b=by_lr, c=common: np.mean([b[lr][s]["test_loss"][-1] for s in c])
         )
     sc = runs["scratch"][best["scratch"]]
-    seeds = sorted(set(sc).intersection(*(c for by in runs.values() for c in by.values())))
     small = {r["seed"]: r["curve"] for r in rows if r["variant"] == "small"}
-    lines = ["| arm | best LR | zero-shot gap | final test loss | speed-up | speed-up, small "
-             "model charged | ends below scratch |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| arm | best LR | seeds | zero-shot gap | final test loss | speed-up | speed-up, "
+             "small model charged | ends below scratch |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for v in runs:
         cur = runs[v][best[v]]
+        seeds = sorted(set(sc) & set(cur))
         finals, sp, charged, below, gap = [], [], [], 0, []
         for s in seeds:
             target = sc[s]["test_loss"][-1]
@@ -84,8 +86,8 @@ def summarise(rows: list[dict], share: float) -> list[str]:
             gap.append(cur[s]["test_loss"][0] - small[s]["test_loss"][-1])
             below += cur[s]["test_loss"][-1] < target
         g = "—" if v == "scratch" else f"{max(abs(x) for x in gap):.1g} (max)"
-        lines.append(f"| {v} | {best[v]:g} | {g} | {pm(finals)} | {pm(sp)} | {pm(charged)} | "
-                     f"{below}/{len(seeds)} |")  # fmt: skip
+        lines.append(f"| {v} | {best[v]:g} | {len(seeds)} | {g} | {pm(finals)} | {pm(sp)} | "
+                     f"{pm(charged)} | {below}/{len(seeds)} |")  # fmt: skip
     return lines
 
 

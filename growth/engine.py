@@ -475,7 +475,9 @@ def apply_leaves(
         )
     blocks = plan.depth_maps if m.new_blocks == "fresh" else {}
     if units or blocks or plan.report.stream_scale:
-        if fresh is None:
+        if not (units or blocks):
+            fresh = leaves  # the stream scale alone reads no fresh weights
+        elif fresh is None:
             k = jax.random.fold_in(plan.key, FRESH_STREAM)
             fresh = [
                 fresh_leaf(jax.random.fold_in(k, first_leaf + j), x.shape, spec, sd, x.dtype)
