@@ -192,7 +192,7 @@ def test_help_lists_every_choice_with_an_example():
         assert "example" in text
     for rule in DEPTH_RULES:
         assert f"  {rule} " in grow
-    assert "resmlp" in grow and "(default: exact)" in grow
+    assert "resmlp" in grow and f"(default: {DEFAULT_METHOD};" in grow
     for cmd in ("train", "grow", "verify", "demo", "analyze", "track"):
         text = _help(cmd)
         assert "example" in text and "(default:" in text, cmd
