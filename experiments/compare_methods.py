@@ -4,7 +4,8 @@ For each seed a small ResMLP (``growth.apps.demo.mlp`` defaults: width 16, hidde
 trained on
 MNIST-1D, then grown with every method to the same large config (width x4, hidden x4, depth x2),
 and every grown model -- and a from-scratch model of the same config -- is trained with the same
-batches, schedule, peak LR and muP-Adam multipliers (base widths = the small model's). Per
+batches, schedule and muP-Adam multipliers (base widths = the small model's), each arm at its own
+best peak LR of the same sweep (``--lrs``; recorded per run as ``lr`` and ``lr_sweep``). Per
 method, over seeds (mean and std):
 
 - ``zero_shot_gap``: grown test loss at step 0 minus the small model's final test loss;
@@ -31,6 +32,7 @@ Writes ``summary.json``, ``table.md`` and ``loss_curves.png`` under ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_METHODS = (
+    "plastic",
     "copy",
     "exact",
     "iid",
@@ -62,18 +65,28 @@ def _n_params(tree) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
 
 
+def best_lr(train_at, lrs) -> dict:
+    """Train once per peak LR (``train_at(lr) -> history dict``) and keep the run with the lowest
+    final test loss, recording ``lr`` and the sweep's final losses (``lr_sweep``)."""
+    hists = {lr: train_at(lr) for lr in lrs}
+    best = min(hists, key=lambda lr: hists[lr]["test_loss"][-1])
+    sweep = {str(lr): h["test_loss"][-1] for lr, h in hists.items()}
+    return hists[best] | {"lr": best, "lr_sweep": sweep}
+
+
 def grow_and_train(
     family, small_cfg, small_hist, p_small, methods, width, depth, fit, seed, ramp_steps=None,
-    task=None,
+    task=None, lrs=(None,),
 ):  # fmt: skip
-    """Grow ``p_small`` with every method, train each with ``fit(model, desc, transform) ->
-    history dict`` on the same budget, then a same-size model from scratch; returns the per-seed
-    record. Masked methods (``ramp_steps`` > 0: msg) are grown by ``growth.recipes.msg.grow_msg``
-    and
-    trained with their mask ramp over ``ramp_steps`` updates (None: the recipe's). Learned
-    operators (``operator_steps`` > 0: ligo) are trained by ``growth.recipes.ligo.grow_ligo`` on
-    ``task = (loss_fn, batches)`` (the training loss and an iterator of training batches); their
-    steps are recorded as ``extra_large_steps`` (each costs about one large-model step)."""
+    """Grow ``p_small`` with every method, train each with ``fit(model, desc, transform, lr) ->
+    history dict`` on the same budget, then a same-size model from scratch; every arm is trained
+    at each peak LR of ``lrs`` and keeps its best run (:func:`best_lr`; None: ``fit``'s default
+    LR); returns the per-seed record. Masked methods (``ramp_steps`` > 0: msg) are grown by
+    ``growth.recipes.msg.grow_msg`` and trained with their mask ramp over ``ramp_steps`` updates
+    (None: the recipe's). Learned operators (``operator_steps`` > 0: ligo) are trained by
+    ``growth.recipes.ligo.grow_ligo`` on ``task = (loss_fn, batches)`` (the training loss and an
+    iterator of training batches); their steps are recorded as ``extra_large_steps`` (each
+    costs about one large-model step)."""
     import jax
 
     from growth.engine import apply_plan, plan_growth
@@ -111,7 +124,11 @@ def grow_and_train(
             preserving = plan.report.function_preserving
         new = jax.block_until_ready(new)
         grow_s = time.perf_counter() - t0
-        hist = fit(model_from_params(family, big_cfg, new), name, transform)
+
+        def train_at(lr, cfg=big_cfg, params=new, desc=name, transform=transform):
+            return fit(model_from_params(family, cfg, params), desc, transform, lr)
+
+        hist = best_lr(train_at, lrs)
         if not method.operator_steps and plan.report.function_check == "unmeasured":
             # exact only in exact arithmetic: measured here by the step-0 held-out loss
             s_loss, g_loss = small_hist["test_loss"][-1], hist["test_loss"][0]
@@ -122,16 +139,18 @@ def grow_and_train(
             f"final {hist['test_loss'][-1]:.4f}",
             flush=True,
         )
-    scratch = init_model(family, big_cfg, seed=seed + 1)
-    out["n_large"] = _n_params(params_of(scratch))
-    out["scratch"] = fit(scratch, "scratch", None)
+    out["n_large"] = _n_params(params_of(init_model(family, big_cfg, seed=seed + 1)))
+    out["scratch"] = best_lr(
+        lambda lr: fit(init_model(family, big_cfg, seed=seed + 1), "scratch", None, lr), lrs
+    )
     print(f"  seed {seed} {'scratch':<14} final {out['scratch']['test_loss'][-1]:.4f}", flush=True)
     return out
 
 
 def run_seed(
-    seed: int, methods, *, small_steps, steps, lr, eval_every, dataset, factors, ramp_steps
-):
+    seed: int, methods, *, small_steps, steps, lr, eval_every, dataset, factors, ramp_steps,
+    lrs=(None,),
+):  # fmt: skip
     """One seed: small model, every method and scratch. Returns {name: history dict, ...}."""
 
     from growth.models import get_family, init_model, params_of
@@ -154,10 +173,11 @@ def run_seed(
     depth = {"blocks": 2 * df}
     tc_big = TrainConfig(steps=steps, lr=lr, eval_every=eval_every, seed=seed + 7)
 
-    def fit(model, desc, transform):
+    def fit(model, desc, transform, peak=None):
         mults = adam_lr_multipliers(fam.spec(model.config).resolve(params_of(model)), base)
+        tc = tc_big if peak is None else dataclasses.replace(tc_big, lr=peak)
         hist = train(
-            model, data, tc_big, lr_multipliers=mults, desc=desc, progress=False,
+            model, data, tc, lr_multipliers=mults, desc=desc, progress=False,
             transform=transform,
         )  # fmt: skip
         return hist.to_dict()
@@ -168,13 +188,14 @@ def run_seed(
     )
     return grow_and_train(
         "resmlp", small_cfg, small_hist.to_dict(), p_small, methods, width, depth, fit, seed,
-        ramp_steps, task,
+        ramp_steps, task, lrs,
     )  # fmt: skip
 
 
 def run_seed_lm(
-    seed: int, methods, *, small_steps, steps, lr, eval_every, factors, ramp_steps, **_
-):
+    seed: int, methods, *, small_steps, steps, lr, eval_every, factors, ramp_steps,
+    lrs=(None,), **_
+):  # fmt: skip
     """The LM task (``growth.apps.demo.lm``, quick decoder on stdlib bytes): same protocol."""
     import dataclasses
 
@@ -199,17 +220,17 @@ def run_seed_lm(
     depth = {"blocks": g * small_cfg.n_layers}
     base = fam.sizes(small_cfg)
 
-    def fit(model, desc, transform):
+    def fit(model, desc, transform, peak=None):
         mults = adam_lr_multipliers(fam.spec(model.config).resolve(params_of(model)), base)
         hist = train_lm(model, cfg, steps, test, seed=seed + 7, lr_multipliers=mults, desc=desc,
-                        transform=transform)  # fmt: skip
+                        transform=transform, lr=peak)  # fmt: skip
         return dataclasses.asdict(hist)
 
     task = (next_byte_loss, ((b,) for b in lm_batches(corpus.train, cfg.batch, cfg.seq_len,
                                                         seed + 11)))  # fmt: skip
     out = grow_and_train(
         "decoder", small_cfg, dataclasses.asdict(small_hist), p_small, methods, width, depth,
-        fit, seed, ramp_steps, task,
+        fit, seed, ramp_steps, task, lrs,
     )  # fmt: skip
     out["batch"] = cfg.batch * cfg.seq_len  # tokens per step
     return out
@@ -327,6 +348,14 @@ def plot(path: Path, runs: list[dict], methods) -> None:
     plt.close(fig)
 
 
+def _sweep(a: argparse.Namespace) -> tuple[float, ...]:
+    if a.lrs:
+        return tuple(float(x) for x in a.lrs.split(","))
+    if a.quick:
+        return (a.lr,)
+    return (0.003, 0.01, 0.03) if a.task == "lm" else (0.01, 0.03, 0.1)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few steps, 5 methods")
@@ -334,7 +363,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--small-steps", type=int, default=1500)
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--lr", type=float, default=1e-2, help="the small model's peak LR")
+    p.add_argument(
+        "--lrs",
+        default=None,
+        help="comma-separated peak LRs; every large arm (scratch and each method) keeps its "
+        "best; default 0.01,0.03,0.1 (mlp), 0.003,0.01,0.03 (lm); --quick: --lr only",
+    )
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--dataset", default="mnist1d")
     p.add_argument(
@@ -360,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.quick:
         seeds, small_steps, steps, every = 1, 100, 100, 25
         if a.methods == ",".join(DEFAULT_METHODS):
-            methods = ("exact", "iid", "net2net", "tleg", "msg", "ligo")
+            methods = ("plastic", "exact", "iid", "net2net", "tleg", "msg", "ligo")
     name = "compare_methods" + ("_lm" if a.task == "lm" else "") + ("_quick" if a.quick else "")
     out = a.out or Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
@@ -372,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
         dataset=a.dataset,
         factors=(a.width_factor or (2 if a.task == "lm" else 4), a.depth_factor),
         ramp_steps=a.ramp_steps if a.ramp_steps is not None else (steps // 4 if a.quick else None),
+        lrs=_sweep(a),
     )
     run = run_seed_lm if a.task == "lm" else run_seed
     runs = [run(seed, methods, **kw) for seed in range(seeds)]

@@ -24,6 +24,7 @@ from growth.depth import EXACT_DEPTH_RULES, DepthMap, apply_depth, depth_map
 from growth.errors import GrowthError
 from growth.guarantee import assess, output_error, rounding_bound
 from growth.methods import DEFAULT_METHOD, Method, get_method
+from growth.plasticity import apply_plasticity, extend_map, fresh_leaf, fresh_unit_spaces
 from growth.spec import NeuronSpec, ResolvedSpec, leaves_with_paths
 from growth.width import along, apply_width, draw_space, space_axes
 from theory.measure import SpaceMap, padded_map, pair_map, sample_space
@@ -48,6 +49,9 @@ class GrowthReport:
     # exact arithmetic, no forward pass run yet) or "no" (the bound is not ``rounding``)
     function_check: str = "no"
     max_rel_output_error: float | None = None  # measured e, when measured
+    # normalised space -> factor a on its writers (``Method.stream_scale``): the model family
+    # multiplies the norms' eps by a^2 and a tied readout's multiplier by 1/a
+    stream_scale: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,10 +81,15 @@ class GrowthReport:
             lines.append(f"{s:<16} {n:>7} {self.sizes_after[s]:>7}  {copies}")
         for space, f in self.eps_scale.items():
             lines.append(f"norm eps over {space!r} times {f:.6g} (padded map)")
+        for space, a in self.stream_scale.items():
+            lines.append(f"writers of {space!r} times {a:.6g}, its norms' eps times {a * a:.6g}")
         lines.append(f"guarantee: {self.bound.get('statement', '?')}")
         lines.append(f"function preserving: {self.function_preserving} ({self.function_check})")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+FRESH_STREAM = 0x5EED  # folded into the plan key for the stand-in fresh init (not the width noise)
 
 
 def _space_key(key: jax.Array, name: str) -> jax.Array:
@@ -197,6 +206,7 @@ def _space_map(
     n = resolved.sizes[space]
     if N == n and method.sampler == "balanced":
         return None, None  # identity map: nothing to do
+    fresh = space in fresh_unit_spaces(resolved, {space: N}, method.new_units)
     if space in resolved.paired:
         if N % 2:
             raise GrowthError(
@@ -206,7 +216,9 @@ def _space_map(
         n, N = n // 2, N // 2
     kind = resolved.pad_kind(space)
     note = None
-    if kind and method.sampler in ("balanced", "smoothed") and N > n and N % n:
+    if fresh:
+        m = extend_map(n, N)
+    elif kind and method.sampler in ("balanced", "smoothed") and N > n and N % n:
         m = padded_map(n, N)
         k, r = divmod(N, n)
         note = (
@@ -337,8 +349,18 @@ def plan_growth(
                 notes.append(f"depth rule {method.depth!r} on {stack!r} is approximate")
     after = dict(resolved.sizes) | width | depth
     copies = {s: (int(np.min(m.counts)), int(np.max(m.counts))) for s, m in maps.items()}
+    stream = {s: method.stream_scale for s in sorted(resolved.normalized_spaces())}
+    if method.stream_scale == 1.0 or not stream:
+        stream = {}
+    else:
+        notes.append(
+            f"writers of {sorted(stream)} times {method.stream_scale:g}, norm eps times "
+            f"{method.stream_scale**2:g}: exact when every reader of these spaces reads them "
+            "through the norm (pre-norm residual streams); apply GrowthReport.stream_scale "
+            "to the config"
+        )
     report = GrowthReport(method.to_dict(), dict(resolved.sizes), after, copies, False, notes,
-                          eps_scale=eps)  # fmt: skip
+                          eps_scale=eps, stream_scale=stream)  # fmt: skip
     report.bound, report.function_preserving, report.function_check, note = assess(
         params, resolved, after, maps, method, kinds
     )
@@ -421,12 +443,19 @@ def _fanout_from_next_block(leaves: list[jax.Array], plan: GrowthPlan) -> list[j
 
 
 def apply_leaves(
-    plan: GrowthPlan, leaves: list[jax.Array], first_leaf: int = 0, *, keep_sharding: bool = True
+    plan: GrowthPlan,
+    leaves: list[jax.Array],
+    first_leaf: int = 0,
+    *,
+    keep_sharding: bool = True,
+    fresh: list[jax.Array] | None = None,
 ) -> list[jax.Array]:
     """Apply a plan to the consecutive leaves ``first_leaf, first_leaf + 1, ...`` (tree order).
 
     Growing the whole tree at once or a slice at a time (``growth.formats.stream``) gives the same
     bits.
+    fresh: a fresh init of the grown leaves (same slice, grown shapes), the source of fresh units
+    and blocks (``growth.plasticity``); None draws stand-ins at each source leaf's spread.
     """
     if plan.fitted and (first_leaf, len(leaves)) != (0, len(plan.resolved.leaves)):
         raise GrowthError(
@@ -438,22 +467,18 @@ def apply_leaves(
     sub = dataclasses.replace(plan, resolved=dataclasses.replace(plan.resolved, leaves=specs))
     leaves = [jnp.asarray(x) for x in leaves]
     m = plan.method
-    if plan.maps:
-        leaves = apply_width(
-            leaves,
-            plan.maps,
-            plan.key,
-            spreads,
-            leaf_specs=specs,
-            symmetry=m.symmetry,
-            sigma=float(m.sigma),
-            bandwidth=float(m.bandwidth),
-            out_shardings=_out_shardings(leaves, _shapes(sub, leaves, ("in", "out")))
-            if keep_sharding
-            else None,
-            first_leaf=first_leaf,
-            norm_specs=plan.resolved.leaves,
-        )
+    units = fresh_unit_spaces(plan.resolved, plan.report.sizes_after, m.new_units)
+    shard = _out_shardings(leaves, _shapes(sub, leaves, ("in", "out"))) if keep_sharding else None
+    for maps, symmetry in (
+        ({s: v for s, v in plan.maps.items() if s not in units}, m.symmetry),
+        ({s: v for s, v in plan.maps.items() if s in units}, "none"),  # fresh units: no noise
+    ):
+        if maps:
+            leaves = apply_width(
+                leaves, maps, plan.key, spreads, leaf_specs=specs, symmetry=symmetry,
+                sigma=float(m.sigma), bandwidth=float(m.bandwidth), out_shardings=shard,
+                first_leaf=first_leaf, norm_specs=plan.resolved.leaves,
+            )  # fmt: skip
     for space, N in sorted(plan.fitted.items()):
         leaves = draw_space(
             leaves,
@@ -477,11 +502,34 @@ def apply_leaves(
             if keep_sharding
             else None,
         )
+    blocks = plan.depth_maps if m.new_blocks == "fresh" else {}
+    if units or blocks or plan.report.stream_scale:
+        if not (units or blocks):
+            fresh = leaves  # the stream scale alone reads no fresh weights
+        elif fresh is None:
+            k = jax.random.fold_in(plan.key, FRESH_STREAM)
+            fresh = [
+                fresh_leaf(jax.random.fold_in(k, first_leaf + j), x.shape, spec, sd, x.dtype)
+                for j, (x, spec, sd) in enumerate(zip(leaves, specs, spreads, strict=True))
+            ]
+        for path, x, f in zip(plan.resolved.paths[sl], leaves, fresh, strict=True):
+            if np.shape(f) != x.shape:
+                raise GrowthError(
+                    f"fresh leaf {path!r}: shape {np.shape(f)}, expected the grown {x.shape}"
+                )
+        leaves = apply_plasticity(
+            leaves, specs, fresh, unit_spaces=units, paired=frozenset(plan.resolved.paired),
+            block_maps=blocks, stream=plan.report.stream_scale,
+        )  # fmt: skip
     return leaves
 
 
-def apply_plan(plan: GrowthPlan, params: Any) -> Any:
+def apply_plan(plan: GrowthPlan, params: Any, fresh: Any = None) -> Any:
     """Apply a plan's width then depth maps to ``params`` (same structure as planned).
+
+    fresh: a fresh init of the grown model (same structure, grown shapes; e.g.
+    ``params_of(init_model(family, grown_config, seed))``), the source of fresh units and blocks
+    when the method has them (``growth.plasticity``); None: stand-ins at the source spreads.
 
     Sharded leaves (``NamedSharding``) come back sharded the same way wherever the grown sizes
     still divide the mesh axes: the work is done shard-parallel under ``jit``, never gathered.
@@ -491,7 +539,11 @@ def apply_plan(plan: GrowthPlan, params: Any) -> Any:
         raise GrowthError(
             f"plan was made for {len(plan.resolved.leaves)} leaves, params have {len(leaves)}"
         )
-    return jax.tree_util.tree_unflatten(treedef, apply_leaves(plan, leaves))
+    if fresh is not None:
+        fresh, fresh_def = jax.tree_util.tree_flatten(fresh)
+        if fresh_def != treedef:
+            raise GrowthError("fresh: expected the same tree structure as the params")
+    return jax.tree_util.tree_unflatten(treedef, apply_leaves(plan, leaves, fresh=fresh))
 
 
 def grow(
@@ -502,13 +554,15 @@ def grow(
     depth: Mapping[str, int] | None = None,
     method: str | Method = DEFAULT_METHOD,
     key: jax.Array | int = 0,
+    fresh: Any = None,
 ) -> tuple[Any, GrowthReport]:
     """Grow (or prune) the neuron spaces and depth stacks of ``params``.
 
     width: space -> new size N. depth: stack -> new number of blocks L'.
     method: a recipe name from ``growth.methods.METHODS`` or a :class:`Method`.
     key: PRNG key or int seed; the same key gives bit-identical results.
+    fresh: optional fresh init of the grown model (see :func:`apply_plan`).
     Returns ``(new_params, report)`` with the same tree structure as ``params``.
     """
     plan = plan_growth(params, spec, width=width, depth=depth, method=method, key=key)
-    return apply_plan(plan, params), plan.report
+    return apply_plan(plan, params, fresh), plan.report

@@ -14,7 +14,15 @@ name              sampler     scaling    symmetry    depth        guarantee
 ``rc``            smoothed    exact      none        identity     O(h^2) change, new features
 ``fitted``        fitted      unbiased   none        identity     all N units drawn; unbiased
 ``fitted-pres.``  fitted      exact      none        identity     exact; new units zero fan-out
+``plastic``       extend (+)  exact      zero-sum    identity     function kept (pre-norm) (+)
 ================  ==========  =========  ==========  ===========  ===============================
+
+(+) ``plastic`` (``growth.plasticity``): spaces under a norm get balanced copies with zero-sum
+noise; every other grown space keeps its source units and appends new ones with fresh fan-in and
+zero fan-out; new blocks are fresh with a zero output projection; the writers of each normalised
+stream are scaled by ``stream_scale`` (0.1) and the norms' eps by its square, so the weights
+start nearer a fresh init's scale. Exact whenever every reader of a normalised space reads it
+through the norm (pre-norm residual streams: ``resmlp``, ``decoder``).
 
 Published methods as compositions of the same pieces (sources, exact rules and what differs from
 the papers: ``docs/methods.md``; :data:`RECIPE_INFO` has each recipe's source and guarantee):
@@ -66,6 +74,7 @@ from dataclasses import asdict, dataclass, replace
 
 from growth.depth import DEPTH_RULES
 from growth.errors import GrowthError
+from growth.plasticity import NEW_UNITS
 from growth.width import SYMMETRY
 from theory.measure import SAMPLERS as INDEX_SAMPLERS
 from theory.measure import SCALINGS
@@ -116,8 +125,13 @@ class Method:
     operator_steps: int = 0
     fit_rank: int = 8
     fit_components: int = 2
+    # plasticity (growth.plasticity): fresh new units / new blocks, rescaled normalised streams
+    new_units: str = "copy"
+    new_blocks: str = "copy"
+    stream_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        self._check_plasticity()
         for field, value, allowed in (
             ("sampler", self.sampler, SAMPLERS),
             ("scaling", self.scaling, SCALINGS),
@@ -163,13 +177,35 @@ class Method:
         if self.fanout_source != "self":
             raise GrowthError("method sampler='fitted' needs fanout_source='self'")
 
+    def _check_plasticity(self) -> None:
+        for field in ("new_units", "new_blocks"):
+            if getattr(self, field) not in NEW_UNITS:
+                raise GrowthError(
+                    f"method {field}={getattr(self, field)!r}: expected one of {NEW_UNITS}"
+                )
+        if self.new_blocks == "fresh" and self.depth != "identity":
+            raise GrowthError(
+                f"method new_blocks='fresh' needs depth='identity' (new blocks that start as the "
+                f"identity), not {self.depth!r}"
+            )
+        if self.sampler == "fitted" and "fresh" in (self.new_units, self.new_blocks):
+            raise GrowthError("method sampler='fitted' draws its own new units: keep new_units "
+                              "and new_blocks at 'copy'")  # fmt: skip
+        if not (0 < self.stream_scale < float("inf")):
+            raise GrowthError(f"method stream_scale={self.stream_scale}: must be > 0 and finite")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-#: the method every entry point uses when none is named (``grow`` CLI, ``growth.grow``,
-#: ``growth.formats.hf.grow_hf``): read it from here, never repeat the name
-DEFAULT_METHOD = "exact"
+#: the method every entry point on native models uses when none is named (``grow grow``,
+#: ``grow demo``, ``growth.grow``): read it from here, never repeat the name. It keeps the function
+#: and trains best on the demos (docs/results.md, "Growth that pays off").
+DEFAULT_METHOD = "plastic"
+#: the default of external checkpoints (``growth.formats.hf.grow_hf``, ``grow_stream``): their
+#: configs cannot take ``plastic``'s stream scale (eps and readout multiplier) and post-LN models
+#: (BERT) are not scale invariant that way
+DEFAULT_EXTERNAL_METHOD = "exact"
 
 METHODS: dict[str, Method] = {
     "exact": Method(sigma=1.0, name="exact"),
@@ -215,6 +251,10 @@ METHODS: dict[str, Method] = {
     "msg": Method(sigma=1.0, ramp_steps=100, name="msg"),
     # the operators start at the noiseless copy map; growth.recipes.ligo adds fan-out noise to them
     "ligo": Method(symmetry="none", sigma=0.0, operator_steps=100, name="ligo"),
+    # --- plasticity (growth.plasticity; docs/methods.md "plastic") ----------------------------
+    "plastic": Method(
+        sigma=1.0, new_units="fresh", new_blocks="fresh", stream_scale=0.1, name="plastic"
+    ),
 }
 
 #: name -> summary (one line, for ``grow --help``), source, ``bound``: the kind of checkable
@@ -324,6 +364,13 @@ RECIPE_INFO: dict[str, dict] = {
         "source": "Wang et al., LiGO, ICLR 2023 (arXiv 2303.00980)",
         "bound": "none",
         "guarantee": "none: exact at init, the trained operators change the function",
+    },
+    "plastic": {
+        "summary": "exact + fresh new units/blocks (zero fan-out) + stream writers x0.1, eps x0.01",
+        "source": "mfgrow",
+        "exact": True,
+        "bound": "rounding",
+        "guarantee": "e <= 16 D u (pre-norm streams); fresh new units and blocks, stream x0.1",
     },
 }
 

@@ -13,6 +13,7 @@ from growth.apps.cli import main
 from growth.apps.commands import grow_checkpoint, train_model, verify_checkpoint
 from growth.errors import GrowthError
 from growth.formats.checkpoint import load_checkpoint, save_checkpoint
+from growth.methods import DEFAULT_METHOD
 from growth.models.resmlp import ResMLPConfig
 from growth.spec import parse_targets
 from growth.tasks.train import TrainConfig
@@ -219,7 +220,13 @@ def test_demo_quick_end_to_end(tmp_path):
         "speedup",
     ):
         assert key in summary
-    assert summary["method"] == "exact"
+    assert summary["method"] == DEFAULT_METHOD
+    sweep = summary["lr_sweep"]  # both arms tuned on the same sweep; the best is the minimum
+    for arm in ("grown", "scratch"):
+        losses = sweep[arm]["final_test_loss"]
+        assert set(losses) == {str(lr) for lr in summary["demo_config"]["lr_sweep"]}
+        assert losses[str(sweep[arm]["lr"])] == min(losses.values())
+    assert summary["target_test_loss"] == min(sweep["scratch"]["final_test_loss"].values())
     assert abs(summary["zero_shot_gap"]) <= 1e-5 * max(1.0, summary["small_test_loss"])
     assert summary["growth"]["sizes_after"] == {"d": 64, "h": 128, "blocks": 4}
     assert (out / "loss_curves.png").stat().st_size > 1000
@@ -250,7 +257,7 @@ def test_help_lists_every_choice_with_an_example():
         assert "example" in text
     for rule in DEPTH_RULES:
         assert f"  {rule} " in grow
-    assert "resmlp" in grow and "(default: exact)" in grow
+    assert "resmlp" in grow and f"(default: {DEFAULT_METHOD};" in grow
     for cmd in ("train", "grow", "verify", "demo", "analyze", "track"):
         text = _help(cmd)
         assert "example" in text and "(default:" in text, cmd

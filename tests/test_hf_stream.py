@@ -17,7 +17,7 @@ from growth.apps import cli
 from growth.errors import CheckpointError, GrowthError
 from growth.formats import hf
 from growth.formats.hf import io as hf_io
-from growth.methods import DEFAULT_METHOD
+from growth.methods import DEFAULT_EXTERNAL_METHOD, DEFAULT_METHOD
 from tests.oracles.hf_reference import read_checkpoint, reference_logits
 from tests.test_hf_decoder import _ids, rel_err, write_gpt2, write_llama
 
@@ -218,16 +218,21 @@ def test_random_sharding_round_trips(tmp_path_factory, family, n_files, shard_kb
         assert f.stat().st_size <= max(shard_kb * 1000, largest) + 4096, f.name
 
 
-def test_one_default_method_everywhere():
+def test_one_default_method_per_kind_of_checkpoint():
+    """External checkpoints (HF, streamed) share DEFAULT_EXTERNAL_METHOD; native growth
+    (``growth.grow``) DEFAULT_METHOD; the CLI picks by ``--from-hf`` (its flag default is None)."""
     from growth import engine
     from growth.formats.hf.stream import grow_decoder_stream
+    from growth.formats.stream import grow_stream
 
-    defaults = {
+    external = {
         f.__name__: inspect.signature(f).parameters["method"].default
-        for f in (hf.grow_hf, hf.grow_params, grow_decoder_stream, engine.grow)
+        for f in (hf.grow_hf, hf.grow_params, grow_decoder_stream, grow_stream)
     }
-    defaults["cli"] = cli.build_parser().parse_args(["grow", "x", "--out", "y"]).method
-    assert set(defaults.values()) == {DEFAULT_METHOD}, defaults
+    assert set(external.values()) == {DEFAULT_EXTERNAL_METHOD}, external
+    assert inspect.signature(engine.grow).parameters["method"].default == DEFAULT_METHOD
+    assert DEFAULT_METHOD != DEFAULT_EXTERNAL_METHOD
+    assert cli.build_parser().parse_args(["grow", "x", "--out", "y"]).method is None
 
 
 def test_shard_size_parsing():

@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Sequence
 
 from growth.errors import GrowthError
-from growth.methods import DEFAULT_METHOD
+from growth.methods import DEFAULT_EXTERNAL_METHOD, DEFAULT_METHOD
 
 METHOD_HELP = "a recipe (see the list below), optionally with field overrides: 'exact:sigma=4'"
 
@@ -139,7 +139,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_grow(a: argparse.Namespace) -> int:
-    kw = {"width": a.width, "depth": a.depth, "method": a.method, "seed": a.seed,
+    method = a.method or (DEFAULT_EXTERNAL_METHOD if a.from_hf or a.to_hf else DEFAULT_METHOD)
+    kw = {"width": a.width, "depth": a.depth, "method": method, "seed": a.seed,
           "overwrite": a.overwrite, "max_bytes": a.max_bytes}  # fmt: skip
     if a.from_hf or a.to_hf:
         if not (a.from_hf and a.to_hf) or a.checkpoint:
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
             _methods_text(),
             "examples:\n  grow demo --quick\n"
             "  grow train --model resmlp --width 16 --depth 2 --steps 2000 --out runs/small\n"
-            "  grow grow runs/small --width x4 --depth x2 --method exact --out runs/big\n"
+            "  grow grow runs/small --width x4 --depth x2 --out runs/big\n"
             "  grow verify runs/big\n"
             "run 'grow COMMAND --help' for each command's options.",
         ]),
@@ -288,7 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--to-hf", default=None, help="write the grown HF checkpoint here")
     g.add_argument("--width", default="x4", help="'x4', or 'd=64,h=x2' per space")
     g.add_argument("--depth", default="x2", help="'x2', or 'blocks=6'; '' for no depth growth")
-    g.add_argument("--method", default=DEFAULT_METHOD, help=METHOD_HELP)
+    g.add_argument(
+        "--method", default=None,
+        help=METHOD_HELP + f" (default: {DEFAULT_METHOD}; with --from-hf: "
+        f"{DEFAULT_EXTERNAL_METHOD}, as stream scaling needs our configs and pre-norm streams)",
+    )  # fmt: skip
     g.add_argument("--seed", type=_seed, default=0, help="seed of the method's random draws")
     g.add_argument(
         "--depth-slices", default=None,

@@ -42,7 +42,7 @@ from growth.engine import GrowthReport, apply_leaves, grown_nbytes, plan_growth
 from growth.errors import CheckpointError, GrowthError, SpecError
 from growth.formats import outdir
 from growth.formats.checkpoint import checkpoint_digests, read_checkpoint_info, write_checkpoint
-from growth.methods import DEFAULT_METHOD, Method
+from growth.methods import DEFAULT_EXTERNAL_METHOD, Method
 from growth.spec import NeuronSpec, path_str
 
 _DTYPES = {"float32": "F32", "float16": "F16", "float64": "F64", "bfloat16": "BF16",
@@ -375,7 +375,7 @@ def grow_stream(
     *,
     width: dict[str, int] | None = None,
     depth: dict[str, int] | None = None,
-    method: str | Method = DEFAULT_METHOD,
+    method: str | Method = DEFAULT_EXTERNAL_METHOD,
     key: int = 0,
     meta: dict | None = None,
     out_format: str | None = None,

@@ -389,18 +389,23 @@ def grown(config: DecoderConfig, plan: GrowthPlan) -> DecoderConfig:
     On top of :func:`resize`: eps times the report's factor for ``d`` (padded LayerNorm/RMSNorm
     maps, ``k n / N``); ``readout_mult`` times the fan-in scale of the ``d`` copies when the
     readout is tied (exact when that scale is the same for every copy -- balanced or padded maps
-    -- else the mean scale, ``n/N``; ``n/N`` for a ``fitted`` draw of ``d``); rotary
-    frequencies gathered by the ``hd`` pair map (a fitted ``hd``: new pair j takes source pair
-    ``j mod n``'s).
+    -- else the mean scale, ``n/N``; ``n/N`` for a ``fitted`` draw of ``d``) and over the
+    stream scale ``a`` (the embedding is scaled by ``a``); eps also times ``a^2``
+    (``GrowthReport.stream_scale``); rotary frequencies gathered by the ``hd`` pair map (a fitted
+    ``hd``: new pair j takes source pair ``j mod n``'s).
     """
     c = resize(config, plan.report.sizes_after)
     changes: dict[str, Any] = {}
-    if "d" in plan.report.eps_scale:
-        changes["eps"] = config.eps * plan.report.eps_scale["d"]
-    if config.tied and "d" in plan.maps:
-        m = plan.maps["d"]
-        real = np.ones(m.scale.shape, bool) if m.pad is None else ~np.asarray(m.pad)
-        changes["readout_mult"] = config.readout_mult * float(np.asarray(m.scale)[real].mean())
+    a = plan.report.stream_scale.get("d", 1.0)
+    if "d" in plan.report.eps_scale or a != 1.0:
+        changes["eps"] = config.eps * plan.report.eps_scale.get("d", 1.0) * a * a
+    if config.tied and ("d" in plan.maps or a != 1.0):
+        m = plan.maps.get("d")
+        mean = 1.0
+        if m is not None:
+            real = np.ones(m.scale.shape, bool) if m.pad is None else ~np.asarray(m.pad)
+            mean = float(np.asarray(m.scale)[real].mean())
+        changes["readout_mult"] = config.readout_mult * mean / a
     if config.tied and "d" in plan.fitted and plan.method.scaling == "unbiased":
         changes["readout_mult"] = config.readout_mult * config.d_model / c.d_model
     if config.positions == "rotary" and "hd" in plan.maps:

@@ -151,9 +151,9 @@ def resize(config: ResMLPConfig, new: Mapping[str, int]) -> ResMLPConfig:
 def grown(config: ResMLPConfig, plan: GrowthPlan) -> ResMLPConfig:
     """Config of the model ``plan`` grows from ``config``: the new sizes, and the LayerNorm eps
     times the report's factor for ``d`` (``k n / N`` for a padded map, see
-    ``theory.measure.padded_map``; without it a non-multiple width is not exact). The multipliers
+    ``theory.measure.padded_map``; without it a non-multiple width is not exact) and times
+    ``a^2`` for a stream scaled by ``a`` (``GrowthReport.stream_scale``). The multipliers
     are kept: the engine's fan-in scales already divide the copies (``growth.models.mlp.grown``)."""
     c = resize(config, plan.report.sizes_after)
-    if "d" in plan.report.eps_scale:
-        c = replace(c, eps=config.eps * plan.report.eps_scale["d"])
-    return c
+    eps = plan.report.eps_scale.get("d", 1.0) * plan.report.stream_scale.get("d", 1.0) ** 2
+    return replace(c, eps=config.eps * eps) if eps != 1.0 else c

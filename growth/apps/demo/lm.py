@@ -4,7 +4,8 @@ loss, then train the grown model and a same-size model from scratch on the same 
 Mirrors ``growth.apps.demo.mlp`` (same summary keys): both large models get the same config (the
 grown
 config, so eps, logit scale and readout multiplier match), batches, schedule and muP-Adam
-learning-rate multipliers (base widths = the small model's); only the initialisation differs.
+learning-rate multipliers (base widths = the small model's), and each its best peak LR from the
+same sweep (``lr_sweep``, recorded in the summary); only the initialisation differs.
 Target = the scratch model's final held-out loss; speed-up = ``steps_to_target_scratch /
 steps_to_target_grown``. Writes ``summary.json``, ``loss_curves.png`` and the grown checkpoint.
 """
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from growth.apps.demo.mlp import compare_runs, n_params, plot_curves, write_run_dir
+from growth.apps.demo.mlp import best_of_sweep, compare_runs, n_params, plot_curves, write_run_dir
 from growth.engine import apply_plan, plan_growth
 from growth.formats.checkpoint import save_checkpoint
 from growth.methods import DEFAULT_METHOD
@@ -65,7 +66,8 @@ class LMDemoConfig:
     method: str = DEFAULT_METHOD
     small_steps: int = 2000
     steps: int = 2000
-    lr: float = 3e-3
+    lr: float = 3e-3  # the small model's peak LR
+    lr_sweep: tuple[float, ...] = (3e-3, 1e-2, 3e-2)  # each large model takes its best of these
     warmup: int = 50
     eval_every: int = 100
     eval_windows: int = 128
@@ -118,14 +120,16 @@ def train_lm(
     lr_multipliers: tuple[float, ...] | None = None,
     desc: str = "lm",
     transform: Callable[[Any, jax.Array], Any] | None = None,
+    lr: float | None = None,
 ) -> History:
     """Train ``model`` in place with the project's loop (``growth.tasks.train.fit``) on stdlib
     bytes;
     evaluate the held-out windows ``test`` every ``eval_every`` steps (step 0 included).
-    transform: per-step params transform passed to ``fit`` (e.g. msg's mask ramp)."""
+    transform: per-step params transform passed to ``fit`` (e.g. msg's mask ramp); lr: peak LR
+    (None: ``cfg.lr``)."""
     corpus = load_corpus(cfg.corpus_bytes)
     tc = TrainConfig(
-        steps=steps, batch_size=cfg.batch, lr=cfg.lr, warmup=cfg.warmup,
+        steps=steps, batch_size=cfg.batch, lr=cfg.lr if lr is None else lr, warmup=cfg.warmup,
         eval_every=cfg.eval_every, seed=seed,
     )  # fmt: skip
     windows = jnp.asarray(test)
@@ -181,17 +185,25 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
     )  # fmt: skip
     big_cfg = grown_config("decoder", small_cfg, plan)
     p_grown = apply_plan(plan, p_small)
-    grown = model_from_params("decoder", big_cfg, p_grown)
-    scratch = Decoder(big_cfg, rngs=nnx.Rngs(cfg.seed + 1))
 
     w = jnp.asarray(test)
     ref = np.asarray(small(w[:8, :-1]))
-    logit_err = plan.report.measured(ref, grown(w[:8, :-1])).max_rel_output_error
+    logits = np.asarray(model_from_params("decoder", big_cfg, p_grown)(w[:8, :-1]))
+    logit_err = plan.report.measured(ref, logits).max_rel_output_error
     base = fam.sizes(small_cfg)
     mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(p_grown), base)
-    seed_big = cfg.seed + 7
-    grown_hist = train_lm(grown, cfg, cfg.steps, test, seed=seed_big, lr_multipliers=mults)
-    scratch_hist = train_lm(scratch, cfg, cfg.steps, test, seed=seed_big, lr_multipliers=mults)
+
+    def run(lr: float, grown: bool) -> History:
+        model = (
+            model_from_params("decoder", big_cfg, p_grown)
+            if grown
+            else Decoder(big_cfg, rngs=nnx.Rngs(cfg.seed + 1))
+        )
+        return train_lm(model, cfg, cfg.steps, test, seed=cfg.seed + 7, lr_multipliers=mults,
+                        lr=lr)  # fmt: skip
+
+    grown_hist, grown_sweep = best_of_sweep(lambda lr: run(lr, True), cfg.lr_sweep)
+    scratch_hist, scratch_sweep = best_of_sweep(lambda lr: run(lr, False), cfg.lr_sweep)
 
     small_cost = cfg.small_steps * n_params(p_small) / n_params(p_grown)
     data = {"corpus_bytes": cfg.corpus_bytes, "seq_len": cfg.seq_len,
@@ -217,6 +229,7 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
         "grown_config": config_to_dict(big_cfg),
         "growth": plan.report.to_dict(),
         **compare_runs(small_hist, grown_hist, scratch_hist, small_cost=small_cost),
+        "lr_sweep": {"grown": grown_sweep, "scratch": scratch_sweep},
         "max_rel_logit_error": logit_err,
         "params_small": n_params(p_small),
         "params_grown": n_params(p_grown),

@@ -60,7 +60,7 @@ from growth.formats.hf.io import parse_growth_targets as _targets
 from growth.formats.hf.layout import need
 from growth.formats.outdir import check_out, check_size
 from growth.guarantee import declare
-from growth.methods import DEFAULT_METHOD
+from growth.methods import DEFAULT_EXTERNAL_METHOD
 from growth.models import model_from_params
 from growth.spec import LeafSpec, NeuronSpec
 
@@ -344,7 +344,7 @@ def grow_hf(
     width: Any = "x2",
     depth: Any = None,
     depth_slices: Any = None,
-    method: str = DEFAULT_METHOD,
+    method: str = DEFAULT_EXTERNAL_METHOD,
     seed: int = 0,
     new_block_ln: str = "copy",
     overwrite: bool = False,
@@ -408,7 +408,7 @@ def grow_params(
     *,
     width: Any = "x2",
     depth: Any = None,
-    method: str = DEFAULT_METHOD,
+    method: str = DEFAULT_EXTERNAL_METHOD,
     seed: int = 0,
     new_block_ln: str = "copy",
     size_bound: Callable[[int], None] = lambda nbytes: check_size(nbytes, None, max_bytes=None),

@@ -63,7 +63,7 @@ from growth.formats.hf.layout import (
     top_units,
 )
 from growth.formats.stream import LazyTensor, same_bytes
-from growth.methods import DEFAULT_METHOD
+from growth.methods import DEFAULT_EXTERNAL_METHOD
 from growth.models import decoder
 from growth.models.decoder import DecoderConfig
 from growth.spec import NeuronSpec
@@ -311,7 +311,7 @@ def grow_decoder(
     *,
     width: Any = "x2",
     depth: Any = None,
-    method: str = DEFAULT_METHOD,
+    method: str = DEFAULT_EXTERNAL_METHOD,
     seed: int = 0,
     size_bound: Callable[[int], None] | None = None,
 ):

@@ -50,7 +50,7 @@ from growth.formats.hf.io import (
 )
 from growth.formats.hf.io import parse_growth_targets as _targets
 from growth.formats.hf.layout import HEAD, Unit, block_units, hf_config, rope_scaled, top_units
-from growth.methods import DEFAULT_METHOD, get_method
+from growth.methods import DEFAULT_EXTERNAL_METHOD, get_method
 from growth.models import decoder
 from growth.models.decoder import DecoderConfig
 from growth.spec import NeuronSpec
@@ -257,7 +257,7 @@ def grow_decoder_stream(
     width: Any = "x2",
     depth: Any = None,
     depth_slices: Any = None,
-    method: Any = DEFAULT_METHOD,
+    method: Any = DEFAULT_EXTERNAL_METHOD,
     seed: int = 0,
     overwrite: bool = False,
     shard_size: int | str = DEFAULT_SHARD_SIZE,
