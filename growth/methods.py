@@ -368,7 +368,6 @@ RECIPE_INFO: dict[str, dict] = {
     "plastic": {
         "summary": "exact + fresh new units/blocks (zero fan-out) + stream writers x0.1, eps x0.01",
         "source": "mfgrow",
-        "exact": True,
         "bound": "rounding",
         "guarantee": "e <= 16 D u (pre-norm streams); fresh new units and blocks, stream x0.1",
     },
