@@ -14,7 +14,9 @@ also reported subtracted. The baseline copies the source shards with ``cp``
 (``copy_file_range``); figures are per byte written, so the ratio compares growth with copying
 its own output size.
 ``--mergekit PATH`` (a mergekit install's ``bin`` folder, optional, never a test dependency)
-runs ``mergekit-yaml`` with the same passthrough slices on the same source.
+runs ``mergekit-yaml`` (default options) with the same passthrough slices on the same source,
+timed the same way (its startup: ``mergekit-yaml --help``), and compares its output with ours
+tensor by tensor (names, dtypes, shapes, raw bytes).
 
     python experiments/bench_hf.py --sizes s,m --work /work/tmp-bench   # -> docs/bench_hf.json
     python experiments/bench_hf.py --sizes 8b --work /work/tmp-bench     # ~40 GB of disk
@@ -146,20 +148,64 @@ def _grow_cmd(src: Path, out: Path, extra: list[str]) -> list[str]:
             "--width", "", *extra]  # fmt: skip
 
 
-def _mergekit(bin_dir: Path, src: Path, out: Path, slices: list[tuple[int, int]]) -> dict:
-    yml = out.with_suffix(".yml")
+def _mergekit_yaml(src: Path, slices: list[tuple[int, int]]) -> str:
+    """mergekit's ``passthrough`` config for the same DUS job: one slice per ``a:b`` range."""
     lines = ["slices:"] + [
         f"  - sources:\n      - model: {src}\n        layer_range: [{a}, {b}]" for a, b in slices
     ] + ["merge_method: passthrough", "dtype: bfloat16"]  # fmt: skip
-    yml.write_text("\n".join(lines) + "\n")
-    res = timed([str(bin_dir / "mergekit-yaml"), str(yml), str(out)])
+    return "\n".join(lines) + "\n"
+
+
+def _mergekit(bin_dir: Path, src: Path, out: Path, slices: list[tuple[int, int]]) -> dict:
+    """Time ``mergekit-yaml`` (default options, CPU) on the DUS job, like ``grow`` above."""
+    yml = out.with_suffix(".yml")
+    yml.write_text(_mergekit_yaml(src, slices))
+    try:
+        res = timed([str(bin_dir / "mergekit-yaml"), str(yml), str(out)])
+    finally:
+        yml.unlink()
     res["out_bytes"] = weight_bytes(out)
+    res["shards"] = len(list(out.glob("*.safetensors")))
     return res
+
+
+def _tensor_index(folder: Path) -> dict[str, tuple[Path, str, list[int], int, int]]:
+    """name -> (file, dtype, shape, start, end): absolute byte ranges of every tensor in a
+    folder of safetensors files (8-byte header length + JSON header, then the data)."""
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        for name, h in header.items():
+            if name != "__metadata__":
+                a, b = h["data_offsets"]
+                out[name] = (file, h["dtype"], h["shape"], 8 + n + a, 8 + n + b)
+    return out
+
+
+def _read_range(file: Path, start: int, end: int) -> bytes:
+    with open(file, "rb") as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
+def same_tensors(a: Path, b: Path) -> dict:
+    """Compare two safetensors folders tensor by tensor: names, dtypes, shapes and raw bytes.
+    ``{"equal": bool, "tensors": n, "differ": [names, at most 10]}``."""
+    ia, ib = _tensor_index(a), _tensor_index(b)
+    differ = sorted(set(ia) ^ set(ib))
+    for name in sorted(set(ia) & set(ib)):
+        (fa, da, sa, s0, e0), (fb, db, sb, s1, e1) = ia[name], ib[name]
+        if (da, sa) != (db, sb) or _read_range(fa, s0, e0) != _read_range(fb, s1, e1):
+            differ.append(name)
+    return {"equal": not differ, "tensors": len(ia), "differ": differ[:10]}
 
 
 def bench_size(size: str, work: Path, llama_pro: bool, mergekit: Path | None) -> dict:
     src, copy, out = work / f"src-{size}", work / f"copy-{size}", work / f"out-{size}"
-    for p in (src, copy, out):
+    mk_out = work / f"mergekit-{size}"
+    for p in (src, copy, out, mk_out):
         shutil.rmtree(p, ignore_errors=True)
     t0 = time.time()
     src_bytes = write_source(src, size)
@@ -186,22 +232,26 @@ def bench_size(size: str, work: Path, llama_pro: bool, mergekit: Path | None) ->
             res["out_bytes"] = weight_bytes(out)
             res["shards"] = len(list(out.glob("*.safetensors")))
             row[job] = res
+            if job == "dus" and mergekit is not None:
+                row["mergekit_startup"] = timed([str(mergekit / "mergekit-yaml"), "--help"])
+                row["mergekit_dus"] = _mergekit(mergekit, src, mk_out, slices)
+                row["mergekit_dus"]["same_tensors_as_dus"] = same_tensors(out, mk_out)
+                shutil.rmtree(mk_out)
             shutil.rmtree(out)
-        if mergekit is not None:
-            row["mergekit_dus"] = _mergekit(mergekit, src, out, slices)
-            shutil.rmtree(out, ignore_errors=True)
     finally:
-        for p in (src, copy, out):
+        for p in (src, copy, out, mk_out):
             shutil.rmtree(p, ignore_errors=True)
-    copy_s_per_gb = row["copy"]["wall_s"] / (row["copy"]["bytes"] / 1e9)
+    # /usr/bin/time resolves 0.01 s: a copy of the test size can read 0.00
+    copy_s_per_gb = max(row["copy"]["wall_s"], 0.01) / (row["copy"]["bytes"] / 1e9)
     for job in ("dus", "llama_pro", "mergekit_dus"):
         if job in row:
             r = row[job]
             r["s_per_gb"] = r["wall_s"] / (r["out_bytes"] / 1e9)
             r["x_copy"] = r["s_per_gb"] / copy_s_per_gb
-            if job != "mergekit_dus":  # the same per-byte ratio without the process start
-                net = r["wall_s"] - row["startup"]["wall_s"]
-                r["x_copy_after_startup"] = net / (r["out_bytes"] / 1e9) / copy_s_per_gb
+            # the same per-byte ratio without the tool's own process start (`--help`)
+            start = row["mergekit_startup" if job == "mergekit_dus" else "startup"]["wall_s"]
+            net = r["wall_s"] - start
+            r["x_copy_after_startup"] = net / (r["out_bytes"] / 1e9) / copy_s_per_gb
             r["rss_per_gb_mb"] = r["peak_rss_mb"] / (r["out_bytes"] / 1e9)
     row["copy"]["s_per_gb"] = copy_s_per_gb
     return row

@@ -318,6 +318,26 @@ def test_bench_source_is_a_valid_llama(tmp_path):
     assert np.isfinite(reference_logits(tmp_path / "dus", _ids(V=256))).all()
 
 
+
+def test_bench_same_tensors_compares_bytes(tmp_path):
+    """The benchmark's ours-vs-mergekit check: equal folders pass; one flipped data byte, or a
+    missing tensor, fails and is named."""
+    from experiments.bench_hf import same_tensors, write_source
+
+    write_source(tmp_path / "a", "xs")
+    write_source(tmp_path / "b", "xs")
+    assert same_tensors(tmp_path / "a", tmp_path / "b") == {"equal": True, "tensors": 39,
+                                                            "differ": []}  # fmt: skip
+    (file,) = (tmp_path / "b").glob("*.safetensors")
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 1  # the last byte belongs to the last tensor, lm_head.weight
+    file.write_bytes(bytes(data))
+    res = same_tensors(tmp_path / "a", tmp_path / "b")
+    assert not res["equal"] and res["differ"] == ["lm_head.weight"]
+    file.unlink()
+    res = same_tensors(tmp_path / "a", tmp_path / "b")
+    assert not res["equal"] and len(res["differ"]) == 10
+
 @pytest.mark.slow
 def test_bench_hf_runs(tmp_path):
     """The benchmark end to end at the test size: copy baseline, DUS and LLaMA-Pro processes."""
