@@ -194,6 +194,7 @@ def write_tie_plot(path: Path, result: dict) -> None:
         ax.fill_between(layer, mean - 2 * sd, mean + 2 * sd, color=line.get_color(), alpha=0.15,
                         label=f"{space}: shuffled null ± 2 sd")  # fmt: skip
     ax.set_xlabel("layer")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("Spearman(||in||, ||out||)")
     ax.set_title(f"RC tie per layer (filled: p <= {ALPHA})")
     ax.legend(fontsize=8)
