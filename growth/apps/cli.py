@@ -339,16 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = command(
         "analyze", "RC-ansatz diagnostics of a trained network (RC tie, controls, LLN fits)",
-        "reads an mfgrow MLP/resmlp checkpoint (on its dataset's test split) or a HF BERT\n"
-        "directory (on its sentence embeddings). Each diagnostic states its null hypothesis,\n"
-        "a calibrated threshold (permutation / bootstrap) and a verdict; identities are\n"
-        "labelled as such (docs/verdicts.md).\n\n"
+        "reads an mfgrow MLP/resmlp checkpoint (on its dataset's test split), a HF BERT\n"
+        "directory (on its sentence embeddings) or a HF GPT-2/Llama/Mistral/Qwen2 directory\n"
+        "(relative logit error on fixed probe tokens; per-layer and per-head RC tie plot).\n"
+        "Each diagnostic states its null hypothesis, a calibrated threshold (permutation /\n"
+        "bootstrap) and a verdict; identities are labelled as such (docs/verdicts.md).\n\n"
         "exit status: 0 the positive control passes on the network and fails on its destroyed\n"
         "copy and the identities hold, 1 otherwise, 2 bad input.\n\n"
         "examples:\n  grow analyze runs/small\n"
-        "  grow analyze MINILM_DIR --out runs/minilm_analysis",
+        "  grow analyze MINILM_DIR --out runs/minilm_analysis\n"
+        "  grow analyze GPT2_DIR --out runs/gpt2_analysis",
     )  # fmt: skip
-    an.add_argument("checkpoint", help="an mfgrow MLP/resmlp checkpoint or a HF BERT directory")
+    an.add_argument("checkpoint", help="an mfgrow MLP/resmlp checkpoint or a HF BERT / "
+                    "GPT-2 / Llama / Mistral / Qwen2 directory")
     an.add_argument("--out", default=None, help="write analysis.json + analysis.png here")
     an.add_argument("--draws", type=int, default=8, help="iid growth draws per width")
     an.add_argument("--seed", type=_seed, default=0, help="seed of the random controls and draws")

@@ -35,6 +35,8 @@ import optax
 
 from growth.apps.analyze.verdicts import (
     ALPHA,
+    BALANCED,
+    IID_WIDTH,
     exit_code,
     identity,
     tie_false_positive_rate,
@@ -44,7 +46,6 @@ from growth.apps.analyze.verdicts import (
 from growth.apps.commands import load_model
 from growth.engine import grow
 from growth.errors import GrowthError
-from growth.methods import Method
 from growth.models import get_family, init_model, model_from_params, params_of
 from growth.tasks.data import load_dataset
 from theory.ansatz import (
@@ -57,10 +58,6 @@ from theory.ansatz import (
 
 __all__ = ["IID_WIDTH", "analyze_checkpoint", "format_report"]
 
-IID_WIDTH = Method(
-    sampler="iid", scaling="unbiased", symmetry="none", depth="duplicate", name="iid"
-)
-BALANCED = Method(sampler="balanced", scaling="exact", symmetry="none", name="copy")
 SUPPORTED = ("mlp", "resmlp")
 
 # a hidden unit's three parts as (leaf path, block index or None)
@@ -139,16 +136,20 @@ def write_outputs(
     gap_label: str = "E|loss gap|",
     sd_key: str = "logit_sd",
     sd_label: str = "sd of logits",
+    plot: Callable[[Path, dict], None] | None = None,
 ) -> Path:
-    """Write analysis.json + analysis.png (the LLN plot of ``result["lln"]``: its
-    ``mean_abs_gap``, ``sd_key`` and ``balanced_gap`` against ``widths``) into a temp dir, then
-    move them into ``out_dir``."""
+    """Write analysis.json + analysis.png (``plot(png_path, result)`` when given, else the LLN
+    plot of ``result["lln"]``: its ``mean_abs_gap``, ``sd_key`` and ``balanced_gap`` against
+    ``widths``) into a temp dir, then move them into ``out_dir``."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
-        _write_plot(tmp / "analysis.png", result["lln"], gap_label, sd_key, sd_label)
+        if plot is not None:
+            plot(tmp / "analysis.png", result)
+        else:
+            _write_plot(tmp / "analysis.png", result["lln"], gap_label, sd_key, sd_label)
         if not out.exists():
             os.rename(tmp, out)
         else:

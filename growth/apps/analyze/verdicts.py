@@ -26,10 +26,16 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from theory.ansatz import rc_tie
+from growth.engine import grow
+from growth.methods import Method
+from theory.ansatz import rc_tie, resample_entries_iid
 
 ALPHA = 0.05
 IDENTITY_TOL = 1e-5  # relative loss change allowed for an identity (float32 rounding)
+IID_WIDTH = Method(
+    sampler="iid", scaling="unbiased", symmetry="none", depth="duplicate", name="iid"
+)
+BALANCED = Method(sampler="balanced", scaling="exact", symmetry="none", name="copy")
 
 
 def tie_verdict(tie: dict) -> dict:
@@ -97,3 +103,46 @@ def exit_code(verdicts: dict) -> int:
     ok = pc["trained"]["passed"] and not pc["destroyed"]["passed"]
     ok = ok and all(v["verdict"] == "holds" for v in verdicts["identities"].values())
     return 0 if ok else 1
+
+
+def space_control(params: dict, spec, error: Callable[[dict], float], *, space: str, n: int,
+                  leaf: tuple[str, str], draws: int, seed: int,
+                  k: int = 8) -> tuple[dict, dict]:  # fmt: skip
+    """The positive control and the balanced-growth identity of one width ``space`` (size
+    ``n``; ``params[leaf[0]][leaf[1]]`` its outgoing kernel, every layer stacked) under
+    ``error(params) -> float`` (0 = the source's function).
+
+    Control: whole-unit resampling (iid growth of ``space`` to ``k n``, unbiased) vs entrywise
+    resampling of the outgoing kernel, on ``params`` and on a destroyed copy (that kernel
+    resampled entrywise). Identity: balanced (copy) growth to ``2 n`` keeps ``error`` at 0.
+    Returns ``(positive_control, balanced_identity)``."""
+    key = jax.random.key(seed + 101)
+    group, name = leaf
+
+    def resampled(p: dict, salt: int) -> dict:
+        w = resample_entries_iid(p[group][name], jax.random.fold_in(key, salt))
+        return {**p, group: {**p[group], name: np.asarray(w)}}
+
+    def run(p: dict, salt: int) -> dict:
+        def units(d: int) -> float:
+            g, _ = grow(p, spec, width={space: k * n}, method=IID_WIDTH,
+                        key=jax.random.fold_in(key, 10_000 * salt + d))  # fmt: skip
+            return error(jax.tree_util.tree_map(np.asarray, g))
+
+        return unit_control(units, lambda d: error(resampled(p, 10_000 * salt + 5000 + d)),
+                            draws, seed + salt)  # fmt: skip
+
+    control = {
+        "kind": "test",
+        "space": space,
+        "null": f"whole-unit resampling of {space} (iid growth to {k} n) keeps the function "
+        f"no better than entrywise resampling of {name}",
+        "threshold": f"bootstrap lower {1 - ALPHA:.0%} bound of mean(err_entries - "
+        "err_units) > 0",
+        "trained": run(params, 0),
+        "destroyed": run(resampled(params, 99), 1),
+    }
+    balanced, _ = grow(params, spec, width={space: 2 * n}, method=BALANCED, key=seed)
+    same = identity(f"balanced (copy) growth of {space} keeps the function",
+                    error(jax.tree_util.tree_map(np.asarray, balanced)), 0.0)  # fmt: skip
+    return control, same
