@@ -8,6 +8,7 @@ under ``jax.jit``, and train a small MLP on MNIST-1D once per session for the RC
 from __future__ import annotations
 
 import functools
+import gc
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -139,6 +140,17 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return (x - mu) / sd, np.asarray(data["y"]), (xt - mu) / sd, np.asarray(data["y_test"])
     ds = load_dataset("mnist1d")
     return ds.x_train, ds.y_train, ds.x_test, ds.y_test
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop every compiled XLA program after each test module. XLA's CPU backend maps each
+    executable's code into memory; one process running the whole suite otherwise accumulates
+    them until it hits the kernel's mapping limit (vm.max_map_count, 65530 here) and the next
+    compilation crashes with a segfault."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
