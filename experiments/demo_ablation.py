@@ -1,60 +1,118 @@
-"""Which part of the demo's growth pays off? Width only, depth only, both; symmetry breaking.
+"""Demo variants over seeds: the numbers behind the README and docs/results.md.
 
-Runs ``growth.apps.demo.mlp`` with the same budget for each variant and writes
-``runs/ablation/ablation.json`` and a markdown table. ``--quick`` uses the demo's quick budget.
+Runs the demo (``growth.apps.demo``, the full protocol: both arms tuned on the same LR sweep,
+in-run and budget speed-ups, the zero-shot gap) once per variant and seed, appends each
+summary to ``OUT/runs.jsonl`` (a run already there is skipped, so an interrupted sweep resumes)
+and writes ``OUT/table.md`` with mean ± sd over seeds.
 
-    python experiments/demo_ablation.py --quick
+A variant is ``NAME=field:value,field:value`` over the task's demo config fields (a bare
+``NAME`` is the default config); ``method`` values may carry overrides
+(``plastic:stream_scale=1``), so use ``;`` inside them: ``nostream=method:plastic;stream_scale=1``.
+
+    python -m experiments.demo_ablation --task mnist1d --quick --seeds 0 1 2 \\
+        --variants plastic exact=method:exact long_small=small_steps:4000
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from dataclasses import replace
+import tempfile
 from pathlib import Path
 
-from growth.apps.demo.mlp import DemoConfig, run_demo
+import numpy as np
 
-VARIANTS = {
-    "width x4, depth x2": {},
-    "width x4 only": {"depth_factor": 1},
-    "depth x2 only": {"width_factor": 1},
-    "width x4, depth x2, sigma 1": {"sigma": 1.0},
-    "width x4, depth x2, copy (no symmetry breaking)": {"method": "copy"},
-}
-KEYS = (
-    "zero_shot_gap",
-    "target_test_loss",
-    "final_test_loss_grown",
-    "steps_to_target_grown",
-    "steps_to_target_scratch",
-    "speedup",
-    "best_speedup",
+COLUMNS = (
+    ("final test loss", "final_test_loss_grown"),
+    ("scratch (target)", "target_test_loss"),
+    ("in-run speed-up", "speedup"),
+    ("budget speed-up", "budget_speedup"),
+    ("budget speed-up, charged", "budget_speedup_charging_small_model"),
+    ("small model", "small_test_loss"),
 )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="runs/ablation")
-    args = ap.parse_args()
-    base = DemoConfig.quick() if args.quick else DemoConfig()
-    out = Path(args.out)
+def parse_variant(text: str, fields: dict[str, type]) -> tuple[str, dict]:
+    """``"name=width:32,method:plastic;stream_scale=1"`` -> ``("name", {...})`` typed by field."""
+    name, _, body = text.partition("=")
+    kw: dict = {}
+    for item in filter(None, body.split(",")):
+        key, sep, value = item.partition(":")
+        if not sep or key not in fields:
+            raise SystemExit(f"variant {text!r}: {item!r} should be field:value, field one of "
+                             f"{sorted(fields)}")  # fmt: skip
+        kw[key] = value.replace(";", ":") if key == "method" else fields[key](value)
+    return name, kw
+
+
+def config_fields(task: str) -> tuple[type, dict[str, type]]:
+    from growth.apps.demo.lm import LMDemoConfig
+    from growth.apps.demo.mlp import DemoConfig
+
+    cls = LMDemoConfig if task == "lm" else DemoConfig
+    types = {"int": int, "float": float, "str": str, "bool": lambda v: v == "True"}
+    return cls, {f.name: types.get(str(f.type), str) for f in dataclasses.fields(cls)}
+
+
+def pm(values: list) -> str:
+    """``mean ± sd`` over the non-None values, with ``(k/n)`` when some are None."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "never"
+    text = f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.3f}"
+    return text + (f" ({len(vals)}/{len(values)})" if len(vals) < len(values) else "")
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per variant, mean ± sd over its seeds."""
+    head = ["variant", "seeds", "best LR grown/scratch", *(c for c, _ in COLUMNS), "below scratch"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        runs = [r["summary"] for r in rows if r["variant"] == name]
+        lrs = sorted({f"{s['lr_sweep']['grown']['lr']:g}/{s['lr_sweep']['scratch']['lr']:g}"
+                      for s in runs})  # fmt: skip
+        below = sum(s["final_test_loss_grown"] < s["target_test_loss"] for s in runs)
+        cells = [name, str(len(runs)), ", ".join(lrs)]
+        cells += [pm([s.get(k) for s in runs]) for _, k in COLUMNS]
+        lines.append("| " + " | ".join(cells + [f"{below}/{len(runs)}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--task", choices=("mnist1d", "lm"), default="mnist1d")
+    ap.add_argument("--quick", action="store_true", help="the demo's quick budget")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=["default"])
+    ap.add_argument("--out", default="runs/demo_ablation")
+    a = ap.parse_args(argv)
+
+    from growth.apps.demo import run_task_demo
+
+    cls, fields = config_fields(a.task)
+    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    for name, kw in VARIANTS.items():
-        s = run_demo(out / "run", replace(base, **kw), progress=False)
-        rows[name] = {k: s[k] for k in KEYS}
-        print(name, json.dumps(rows[name]), flush=True)
-    (out / "ablation.json").write_text(
-        json.dumps({"config": base.__dict__, "rows": rows}, indent=2)
-    )
-    lines = ["| variant | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
-    for name, r in rows.items():
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    (out / "ablation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    log = out / "runs.jsonl"
+    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    for text in a.variants:
+        name, kw = parse_variant(text, fields)
+        for seed in a.seeds:
+            if any(r["variant"] == name and r["seed"] == seed for r in done):
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                s = run_task_demo(a.task, Path(tmp) / "run", quick=a.quick, progress=False,
+                                  **kw, seed=seed)  # fmt: skip
+            row = {"variant": name, "seed": seed, "overrides": kw, "summary": s}
+            done.append(row)
+            with log.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{name} seed {seed}: grown {s['final_test_loss_grown']:.4f} scratch "
+                  f"{s['target_test_loss']:.4f} in-run {s['speedup']} budget "
+                  f"{s['budget_speedup']}", flush=True)  # fmt: skip
+    md = table(done)
+    (out / "table.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

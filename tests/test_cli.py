@@ -227,6 +227,17 @@ def test_demo_quick_end_to_end(tmp_path):
         assert set(losses) == {str(lr) for lr in summary["demo_config"]["lr_sweep"]}
         assert losses[str(sweep[arm]["lr"])] == min(losses.values())
     assert summary["target_test_loss"] == min(sweep["scratch"]["final_test_loss"].values())
+    # budget speed-up: the budget found reaches the target at its best LR; a probed smaller
+    # budget does not (or the budget is the grid's first)
+    target, steps = summary["target_test_loss"], summary["demo_config"]["steps"]
+    probes = {int(k): min(v["final_test_loss"].values())
+              for k, v in summary["budget_probes"].items()}  # fmt: skip
+    if (b := summary["budget_steps"]) is not None:
+        assert summary["budget_speedup"] == pytest.approx(steps / b)
+        assert (probes[b] if b < steps else summary["final_test_loss_grown"]) <= target
+        assert all(loss > target for k, loss in probes.items() if k < b)
+    else:
+        assert summary["final_test_loss_grown"] > target
     assert abs(summary["zero_shot_gap"]) <= 1e-5 * max(1.0, summary["small_test_loss"])
     assert summary["growth"]["sizes_after"] == {"d": 64, "h": 128, "blocks": 4}
     assert (out / "loss_curves.png").stat().st_size > 1000

@@ -25,7 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from growth.apps.demo.mlp import best_of_sweep, compare_runs, n_params, plot_curves, write_run_dir
+from growth.apps.demo.protocol import (
+    BUDGET_FRACTIONS,
+    best_of_sweep,
+    budget_speedup,
+    compare_runs,
+    n_params,
+    plot_curves,
+    write_run_dir,
+)
 from growth.engine import apply_plan, plan_growth
 from growth.formats.checkpoint import save_checkpoint
 from growth.methods import DEFAULT_METHOD
@@ -73,6 +81,7 @@ class LMDemoConfig:
     eval_windows: int = 128
     corpus_bytes: int = 4_000_000
     seed: int = 0
+    budget_fractions: tuple[float, ...] = BUDGET_FRACTIONS  # () skips the budget speed-up
 
     @staticmethod
     def quick(**kw: Any) -> LMDemoConfig:
@@ -121,16 +130,17 @@ def train_lm(
     desc: str = "lm",
     transform: Callable[[Any, jax.Array], Any] | None = None,
     lr: float | None = None,
+    eval_every: int | None = None,
 ) -> History:
     """Train ``model`` in place with the project's loop (``growth.tasks.train.fit``) on stdlib
     bytes;
     evaluate the held-out windows ``test`` every ``eval_every`` steps (step 0 included).
     transform: per-step params transform passed to ``fit`` (e.g. msg's mask ramp); lr: peak LR
-    (None: ``cfg.lr``)."""
+    (None: ``cfg.lr``); eval_every: None for ``cfg.eval_every``."""
     corpus = load_corpus(cfg.corpus_bytes)
     tc = TrainConfig(
         steps=steps, batch_size=cfg.batch, lr=cfg.lr if lr is None else lr, warmup=cfg.warmup,
-        eval_every=cfg.eval_every, seed=seed,
+        eval_every=cfg.eval_every if eval_every is None else eval_every, seed=seed,
     )  # fmt: skip
     windows = jnp.asarray(test)
 
@@ -193,19 +203,25 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
     base = fam.sizes(small_cfg)
     mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(p_grown), base)
 
-    def run(lr: float, grown: bool) -> History:
+    def run(lr: float, grown: bool, steps: int = cfg.steps) -> History:
         model = (
             model_from_params("decoder", big_cfg, p_grown)
             if grown
             else Decoder(big_cfg, rngs=nnx.Rngs(cfg.seed + 1))
         )
-        return train_lm(model, cfg, cfg.steps, test, seed=cfg.seed + 7, lr_multipliers=mults,
-                        lr=lr)  # fmt: skip
+        every = None if steps == cfg.steps else steps  # budget probes: final loss only
+        return train_lm(model, cfg, steps, test, seed=cfg.seed + 7, lr_multipliers=mults,
+                        lr=lr, eval_every=every)  # fmt: skip
 
     grown_hist, grown_sweep = best_of_sweep(lambda lr: run(lr, True), cfg.lr_sweep)
     scratch_hist, scratch_sweep = best_of_sweep(lambda lr: run(lr, False), cfg.lr_sweep)
 
     small_cost = cfg.small_steps * n_params(p_small) / n_params(p_grown)
+    budget = budget_speedup(
+        lambda lr, b: run(lr, True, b), cfg.lr_sweep, steps=cfg.steps,
+        target=scratch_hist.test_loss[-1], full_loss=grown_hist.test_loss[-1],
+        small_cost=small_cost, fractions=cfg.budget_fractions,
+    )  # fmt: skip
     data = {"corpus_bytes": cfg.corpus_bytes, "seq_len": cfg.seq_len,
             "eval_windows": cfg.eval_windows}  # fmt: skip
     save_checkpoint(
@@ -229,6 +245,7 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
         "grown_config": config_to_dict(big_cfg),
         "growth": plan.report.to_dict(),
         **compare_runs(small_hist, grown_hist, scratch_hist, small_cost=small_cost),
+        **budget,
         "lr_sweep": {"grown": grown_sweep, "scratch": scratch_sweep},
         "max_rel_logit_error": logit_err,
         "params_small": n_params(p_small),

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import jax
-import numpy as np
 
 from growth.apps.commands import (
     grow_checkpoint,
@@ -31,12 +27,20 @@ from growth.apps.commands import (
     train_model,
     verify_checkpoint,
 )
-from growth.formats.outdir import write_directory
+from growth.apps.demo.protocol import (
+    BUDGET_FRACTIONS,
+    best_of_sweep,
+    budget_speedup,
+    compare_runs,
+    n_params,
+    plot_curves,
+    write_run_dir,
+)
 from growth.methods import DEFAULT_METHOD, get_method
 from growth.models import get_family, init_model, params_of
 from growth.models.resmlp import ResMLPConfig
 from growth.tasks.data import load_dataset
-from growth.tasks.train import History, TrainConfig, speedup_curve, steps_to_target, train
+from growth.tasks.train import History, TrainConfig, train
 from theory.parametrization import adam_lr_multipliers
 
 
@@ -57,101 +61,11 @@ class DemoConfig:
     eval_every: int = 100
     seed: int = 0
     dataset: str = "mnist1d-large"
+    budget_fractions: tuple[float, ...] = BUDGET_FRACTIONS  # () skips the budget speed-up
 
     @staticmethod
     def quick(**kw) -> DemoConfig:
         return DemoConfig(**({"small_steps": 1000, "steps": 1000, "eval_every": 50} | kw))
-
-
-def n_params(tree) -> int:
-    """Number of scalars in a params pytree."""
-    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def best_of_sweep(run: Callable[[float], History], lrs: tuple[float, ...]) -> tuple[History, dict]:
-    """Train once per peak LR in ``lrs`` (``run(lr) -> History``); return the run with the lowest
-    final test loss and the sweep record ``{"lr": best, "final_test_loss": {lr: loss}}``."""
-    runs = {lr: run(lr) for lr in lrs}
-    best = min(runs, key=lambda lr: runs[lr].test_loss[-1])
-    return runs[best], {"lr": best, "final_test_loss": {str(k): h.test_loss[-1]
-                                                         for k, h in runs.items()}}  # fmt: skip
-
-
-def compare_runs(small: History, grown: History, scratch: History, *, small_cost: float) -> dict:
-    """The grown-vs-scratch summary keys shared by every demo.
-
-    small_cost: the small model's training cost in large-model steps (its steps times its
-    parameter count over the large model's), charged to the grown model in
-    ``speedup_charging_small_model``.
-    """
-    target = scratch.test_loss[-1]
-    curve = speedup_curve(grown, scratch)
-    s_grown = steps_to_target(grown, target)
-    s_scratch = steps_to_target(scratch, target)
-    first = next((k for k in grown.steps if k > 0), 1)
-    charged = None if s_grown is None else s_grown + small_cost
-    return {
-        "small_test_loss": small.test_loss[-1],
-        "grown_test_loss_step0": grown.test_loss[0],
-        "zero_shot_gap": grown.test_loss[0] - small.test_loss[-1],
-        "target_test_loss": target,
-        "steps_to_target_grown": s_grown,
-        "steps_to_target_scratch": s_scratch,
-        "speedup": None if s_grown is None else s_scratch / max(s_grown, first),
-        "speedup_charging_small_model": (s_scratch / charged) if charged else None,
-        "speedup_curve": curve,
-        "best_speedup": max((r["speedup"] for r in curve if r["speedup"]), default=None),
-        "final_test_loss_grown": grown.test_loss[-1],
-        "final_test_loss_scratch": target,
-        "final_test_acc_grown": grown.test_acc[-1],
-        "final_test_acc_scratch": scratch.test_acc[-1],
-        "curves": {
-            "small": small.to_dict(),
-            "grown": grown.to_dict(),
-            "scratch": scratch.to_dict(),
-        },
-    }
-
-
-def plot_curves(
-    path: Path, small: History, grown: History, scratch: History, *, ylabel: str, title: str = ""
-) -> None:
-    """Test-loss curves of the small source, the grown model and scratch on one step axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    off = small.steps[-1]
-    ax.plot(small.steps, small.test_loss, color="0.5", label="small (source)")
-    ax.plot([off + s for s in grown.steps], grown.test_loss, label="grown")
-    ax.plot([off + s for s in scratch.steps], scratch.test_loss, label="scratch (same size)")
-    ax.axhline(scratch.test_loss[-1], color="k", ls=":", lw=1, label="target = scratch final")
-    ax.axvline(off, color="0.7", lw=0.8)
-    ax.set_xlabel("optimizer step (large models start where the small one stops)")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_run_dir(out: str | os.PathLike, build: Callable[[Path], dict]) -> dict:
-    """Call ``build(tmp)`` on a temporary sibling of ``out`` and move it into place when it
-    succeeds, so a failed run leaves no partial ``out``. An older run there is replaced; any
-    other existing folder is refused (``growth.formats.outdir``: only outputs this tool wrote
-    are ever replaced)."""
-    result: dict = {}
-
-    def fill(tmp: Path) -> tuple[dict, list]:
-        result.update(build(tmp))
-        return {}, []
-
-    path = write_directory(out, fill, kind="run", overwrite=True)
-    return result | {"out": str(path)}
 
 
 def run_demo(
@@ -188,30 +102,36 @@ def _run(tmp: Path, cfg: DemoConfig, progress: bool) -> dict:
     resolved = fam.spec(big_cfg).resolve(resolved_params)
     mults = adam_lr_multipliers(resolved, base) if cfg.mup else None
 
-    def run(lr: float, desc: str) -> History:
+    def run(lr: float, desc: str, steps: int = cfg.steps) -> History:
         model = (
             load_model(tmp / "grown")[0]
             if desc == "grown"
             else init_model("resmlp", big_cfg, seed=cfg.seed + 1)
         )
-        tc_big = TrainConfig(steps=cfg.steps, lr=lr, eval_every=cfg.eval_every, seed=cfg.seed + 7)
-        return train(model, data, tc_big, lr_multipliers=mults, desc=f"{desc} lr {lr:g}",
-                     progress=progress)  # fmt: skip
+        every = cfg.eval_every if steps == cfg.steps else steps  # budget probes: final loss only
+        tc_big = TrainConfig(steps=steps, lr=lr, eval_every=every, seed=cfg.seed + 7)
+        return train(model, data, tc_big, lr_multipliers=mults,
+                     desc=f"{desc} lr {lr:g} steps {steps}", progress=progress)  # fmt: skip
 
     grown_hist, grown_sweep = best_of_sweep(lambda lr: run(lr, "grown"), cfg.lr_sweep)
     scratch_hist, scratch_sweep = best_of_sweep(lambda lr: run(lr, "scratch"), cfg.lr_sweep)
 
     cost = cfg.small_steps * n_params(params_of(init_model("resmlp", small_cfg)))
+    small_cost = cost / n_params(resolved_params)
     summary = {
         "method": cfg.method,
         "small_config": small_cfg.__dict__,
         "grown_config": big_cfg.__dict__,
         "growth": report.to_dict(),
-        **compare_runs(
-            small_hist,
-            grown_hist,
-            scratch_hist,
-            small_cost=cost / n_params(resolved_params),
+        **compare_runs(small_hist, grown_hist, scratch_hist, small_cost=small_cost),
+        **budget_speedup(
+            lambda lr, b: run(lr, "grown", b),
+            cfg.lr_sweep,
+            steps=cfg.steps,
+            target=scratch_hist.test_loss[-1],
+            full_loss=grown_hist.test_loss[-1],
+            small_cost=small_cost,
+            fractions=cfg.budget_fractions,
         ),
         "lr_sweep": {"grown": grown_sweep, "scratch": scratch_sweep},
         "max_rel_logit_error": check["max_rel_logit_error"],
@@ -244,9 +164,11 @@ def format_summary(s: dict) -> str:
         ("target (scratch final test loss)", s["target_test_loss"]),
         ("steps to target: grown", s["steps_to_target_grown"]),
         ("steps to target: scratch", s["steps_to_target_scratch"]),
-        ("speed-up", s["speedup"]),
-        ("speed-up, small model's cost charged", s["speedup_charging_small_model"]),
-        ("best speed-up over scratch's targets", s["best_speedup"]),
+        ("in-run speed-up (same schedule)", s["speedup"]),
+        ("in-run speed-up, small model charged", s["speedup_charging_small_model"]),
+        ("budget to target: grown (own schedule)", s.get("budget_steps")),
+        ("budget speed-up", s.get("budget_speedup")),
+        ("budget speed-up, small model charged", s.get("budget_speedup_charging_small_model")),
         (
             "final test acc grown / scratch",
             f"{s['final_test_acc_grown']:.3f} / {s['final_test_acc_scratch']:.3f}",

@@ -1,0 +1,69 @@
+"""The grown-vs-scratch protocol (growth.apps.demo.protocol): the budget speed-up's bisection
+finds the smallest budget of the grid that reaches the target, probes only what it needs, and
+reports None when the arm never reaches the target."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from growth.apps.demo.protocol import BUDGET_FRACTIONS, best_of_sweep, budget_grid, budget_speedup
+from growth.tasks.train import History
+
+
+def _hist(loss: float) -> History:
+    return History(steps=[0, 1], test_loss=[9.0, loss], test_acc=[0.0, 0.0], train_loss=[loss])
+
+
+def _arm(loss_at: dict[int, float], calls: list):
+    """A fake arm: its final loss at budget b and LR lr is loss_at[b] (+ a penalty off LR 0.03)."""
+
+    def run(lr: float, b: int) -> History:
+        calls.append((lr, b))
+        return _hist(loss_at[b] + (0.0 if lr == 0.03 else 0.1))
+
+    return run
+
+
+def test_budget_grid_is_increasing_and_ends_at_the_budget():
+    assert budget_grid(1000) == [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+    assert budget_grid(5) == [1, 2, 3, 4, 5]  # fractions that round alike are probed once
+    assert budget_grid(1, BUDGET_FRACTIONS) == [1]
+
+
+@given(
+    losses=st.lists(st.floats(0.0, 5.0), min_size=10, max_size=10),
+    target=st.floats(0.0, 5.0),
+)
+def test_bisection_finds_the_smallest_reaching_budget(losses, target):
+    grid = budget_grid(1000)
+    loss_at = dict(zip(grid, sorted(losses, reverse=True), strict=True))  # non-increasing
+    calls: list = []
+    r = budget_speedup(_arm(loss_at, calls), (0.01, 0.03), steps=1000, target=target,
+                       full_loss=loss_at[1000])  # fmt: skip
+    reaching = [b for b in grid if loss_at[b] <= target]
+    if not reaching:  # must-fail side: an arm that never reaches the target has no speed-up
+        assert r["budget_steps"] is None and r["budget_speedup"] is None and not calls
+        return
+    assert r["budget_steps"] == reaching[0]
+    assert r["budget_speedup"] == pytest.approx(1000 / reaching[0])
+    assert len({b for _, b in calls}) <= 4  # bisection over 9 inner budgets: <= 4 probes
+    for b, sweep in r["budget_probes"].items():  # each probe took its best LR of the sweep
+        assert sweep["lr"] == 0.03 and set(sweep["final_test_loss"]) == {"0.01", "0.03"}
+        assert (loss_at[int(b)] <= target) == (int(b) >= reaching[0])
+
+
+def test_charged_speedup_adds_the_small_models_cost():
+    grid = budget_grid(1000)
+    loss_at = {b: (1.0 if b < 500 else 0.1) for b in grid}
+    r = budget_speedup(_arm(loss_at, []), (0.03,), steps=1000, target=0.5, full_loss=0.1,
+                       small_cost=250.0)  # fmt: skip
+    assert r["budget_steps"] == 500 and r["budget_speedup"] == 2.0
+    assert r["budget_speedup_charging_small_model"] == pytest.approx(1000 / 750)
+
+
+def test_best_of_sweep_takes_the_lowest_final_loss():
+    hist, sweep = best_of_sweep(lambda lr: _hist(abs(lr - 0.02)), (0.01, 0.03, 0.1))
+    assert sweep["lr"] in (0.01, 0.03) and hist.test_loss[-1] == pytest.approx(0.01)
+    assert sweep["final_test_loss"]["0.1"] == pytest.approx(0.08)
