@@ -111,8 +111,11 @@ def positive_slope(xs: Sequence[float], ys: Sequence[float]) -> dict | None:
     return loglog_slope(xs, ys).to_dict()
 
 
-def format_slope(fit: dict) -> str:
-    return f"{fit['slope']:.2f} (95% CI {fit['ci'][0]:.2f} .. {fit['ci'][1]:.2f})"
+def print_slopes(fits: dict[str, dict | None]) -> None:
+    """One line ``label: slope (95% CI lo .. hi)`` per fitted slope (None: not fitted, skipped)."""
+    for label, fit in fits.items():
+        if fit:
+            print(f"{label}: {fit['slope']:.2f} (95% CI {fit['ci'][0]:.2f} .. {fit['ci'][1]:.2f})")
 
 
 # --------------------------------------------------------------------- command line, output

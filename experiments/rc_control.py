@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = common.save(result, a.out, "control.png", plot)
     for r in result["summary"]:
         print(f"{r['sampler']:<10} k={r['k']:>3}  gap {r['gap_mean']:+.4f} ± {r['gap_sd']:.4f}")
-    for s, fit in result["slope_gap_vs_k"].items():
-        if fit:
-            print(f"slope {s}: {common.format_slope(fit)}")
+    common.print_slopes({f"slope {s}": fit for s, fit in result["slope_gap_vs_k"].items()})
     print(f"wrote {out}/results.json, control.png")
     return result
 

@@ -124,9 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"draw sd {r['draw_sd']:.4f}"
         )
     for name in ("slope_gap_vs_N_at_n", "slope_gap_vs_n_at_k"):
-        for key, s in result[name].items():
-            if s:
-                print(f"{name}[{key}]: {common.format_slope(s)}")
+        common.print_slopes({f"{name}[{key}]": fit for key, fit in result[name].items()})
     print(f"wrote {out}/results.json, gap.png")
     return result
 
