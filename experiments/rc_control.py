@@ -1,6 +1,6 @@
 """Issue 11 (d): the RC control -- tied vs untied index maps vs entrywise resampling, gap vs k.
 
-A trained MLP ``40 -> n -> 10`` (``experiments.rc_fitted_gap.train_source``) is grown to
+A trained MLP ``40 -> n -> 10`` (``experiments._rc_common.train_source``) is grown to
 ``N = k n`` hidden units by four samplers, all with fan-out (the readout rows) times ``n / N``:
 
 - ``tied``: one i.i.d. map ``g: [N] -> [n]`` for the unit's fan-in column, bias and fan-out row
@@ -22,16 +22,10 @@ gaps plateau (they estimate a different function).
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import jax
 import numpy as np
 
-from experiments.rc_fitted_gap import MLP, mlp_config, test_loss, train_source
-from growth.engine import grow
-from theory.ansatz import loglog_slope
+from experiments import _rc_common as common
 
 SAMPLERS = ("tied", "untied", "entrywise", "fitted")
 
@@ -40,7 +34,7 @@ def grow_by(sampler: str, p: dict, N: int, key: jax.Array) -> dict:
     """``p`` (a one-hidden-layer MLP) with its hidden space resampled to N units by ``sampler``."""
     n = p["layers"][0]["kernel"].shape[1]
     if sampler == "fitted":
-        return grow(p, MLP.spec(mlp_config(n)), width={"h1": N}, method="fitted", key=key)[0]
+        return common.grow_hidden(p, N, "fitted", key)
     w_in, b, w_out = p["layers"][0]["kernel"], p["layers"][0]["bias"], p["layers"][1]["kernel"]
     k_in, k_out = jax.random.split(key)
     if sampler == "entrywise":
@@ -63,89 +57,53 @@ def grow_by(sampler: str, p: dict, N: int, key: jax.Array) -> dict:
 def run(n: int, factors, seeds: int, draws: int, steps: int) -> dict:
     rows = []
     for seed in range(seeds):
-        p = train_source(n, seed, steps)
-        base = test_loss(p)
+        p = common.train_source(n, seed, steps)
+        base = common.test_loss(p)
         for k in factors:
             for s in SAMPLERS:
                 keys = [jax.random.key(10_000 * seed + 100 * k + r) for r in range(draws)]
-                gap = float(np.mean([test_loss(grow_by(s, p, k * n, kk)) for kk in keys]) - base)
+                gap = float(
+                    np.mean([common.test_loss(grow_by(s, p, k * n, kk)) for kk in keys]) - base
+                )
                 rows.append({"sampler": s, "k": k, "seed": seed, "gap": gap, "source_loss": base})
         print(f"seed {seed}: source loss {base:.3f}", flush=True)
     summary, slopes = [], {}
     for s in SAMPLERS:
         for k in factors:
             g = [r["gap"] for r in rows if r["sampler"] == s and r["k"] == k]
-            summary.append(
-                {
-                    "sampler": s,
-                    "k": k,
-                    "gap_mean": float(np.mean(g)),
-                    "gap_sd": float(np.std(g, ddof=1)),
-                }
-            )
+            summary.append({"sampler": s, "k": k, **common.mean_sd("gap", g)})
         pts = [r for r in rows if r["sampler"] == s]
-        ok = min(r["gap"] for r in pts) > 0
-        slopes[s] = (
-            loglog_slope([r["k"] for r in pts], [r["gap"] for r in pts]).to_dict() if ok else None
-        )
+        slopes[s] = common.positive_slope([r["k"] for r in pts], [r["gap"] for r in pts])
     return {"n": n, "rows": rows, "summary": summary, "slope_gap_vs_k": slopes}
 
 
-def _yscale(values: list[float]) -> tuple:
-    """Log scale when every value is positive, else symmetric log (gaps can be negative)."""
-    return ("log",) if min(values) > 0 else ("symlog",)
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(result: dict):
+    plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in SAMPLERS:
-        pts = [r for r in result["summary"] if r["sampler"] == s]
-        ax.errorbar(
-            [r["k"] for r in pts],
-            [r["gap_mean"] for r in pts],
-            [r["gap_sd"] for r in pts],
-            marker="o",
-            capsize=3,
-            label=s,
-        )
+        common.errorbar_gaps(ax, [r for r in result["summary"] if r["sampler"] == s], "k", s)
     ax.set_xscale("log", base=2)
-    ax.set_yscale(*_yscale([r["gap_mean"] for r in result["summary"]]))
+    ax.set_yscale(*common.gap_yscale([r["gap_mean"] for r in result["summary"]]))
     ax.set_xlabel("growth factor k = N / n")
     ax.set_ylabel("zero-shot test loss gap (mean ± sd over seeds)")
     ax.set_title(f"RC control: trained MLP, n = {result['n']} (MNIST-1D)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap = common.parser(__doc__, "runs/rc_control")
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--n", type=int, default=32)
-    ap.add_argument("--out", default="runs/rc_control")
     a = ap.parse_args(argv)
     factors = (1, 4, 16, 64) if a.quick else (1, 2, 4, 8, 16, 32, 64, 128, 256)
     steps = 300 if a.quick else 1000
     result = run(a.n, factors, a.seeds, a.draws, steps)
     result.update(quick=a.quick, seeds=a.seeds, draws=a.draws, steps=steps)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    plot(result, out / "control.png")
+    out = common.save(result, a.out, "control.png", plot)
     for r in result["summary"]:
         print(f"{r['sampler']:<10} k={r['k']:>3}  gap {r['gap_mean']:+.4f} ± {r['gap_sd']:.4f}")
-    for s, fit in result["slope_gap_vs_k"].items():
-        if fit:
-            print(
-                f"slope {s}: {fit['slope']:.2f} (95% CI {fit['ci'][0]:.2f} .. {fit['ci'][1]:.2f})"
-            )
+    common.print_slopes({f"slope {s}": fit for s, fit in result["slope_gap_vs_k"].items()})
     print(f"wrote {out}/results.json, control.png")
     return result
 

@@ -1,6 +1,6 @@
 """Which fitted measure? Rank and mixture size of ``theory.rc_measure`` measured on trained units.
 
-Sources: MLPs ``40 -> n -> 10`` trained on MNIST-1D (``experiments.rc_fitted_gap``), ``--seeds``
+Sources: MLPs ``40 -> n -> 10`` trained on MNIST-1D (``experiments._rc_common``), ``--seeds``
 seeds. A unit's type is ``(w_in[:, i], b[i], w_out[i, :])``. For each model choice
 (rank r, components K) and two references -- ``empirical`` (draws
 are copies of the fitting units: the iid bootstrap) and ``kde`` (copies plus Gaussian noise of
@@ -21,16 +21,11 @@ Writes ``results.json`` and ``choice.png`` to ``--out``.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.rc_fitted_gap import MLP, mlp_config, test_loss, train_source
-from growth.engine import grow
+from experiments import _rc_common as common
 from growth.methods import get_method
 from theory.distance import mmd_unbiased
 from theory.rc_measure import block_scale, fit_rc_measure, sample_rc_measure
@@ -77,27 +72,24 @@ def zero_shot_gap(p: dict, choice, draws: int, seed: int) -> float | None:
     n = p["layers"][0]["kernel"].shape[1]
     m = get_method("fitted", fit_rank=choice[0], fit_components=choice[1])
     losses = [
-        test_loss(grow(p, MLP.spec(mlp_config(n)), width={"h1": 4 * n}, method=m, key=r)[0])
+        common.test_loss(common.grow_hidden(p, 4 * n, m, r))
         for r in range(1000 * seed, 1000 * seed + draws)
     ]
-    return float(np.mean(losses) - test_loss(p))
+    return float(np.mean(losses) - common.test_loss(p))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap = common.parser(__doc__, "runs/rc_fit_choice")
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--out", default="runs/rc_fit_choice")
     a = ap.parse_args(argv)
     steps = 300 if a.quick else 1000
     names = [f"r={r},K={k}" for r, k in CHOICES] + ["empirical", "kde"]
     choices = list(CHOICES) + ["empirical", "kde"]
     rows = []
     for seed in range(a.seeds):
-        p = train_source(a.n, seed, steps)
+        p = common.train_source(a.n, seed, steps)
         for name, c in zip(names, choices, strict=True):
             rows.append(
                 {
@@ -112,20 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         mm = [r["mmd"] for r in rows if r["choice"] == name]
         gg = [r["gap"] for r in rows if r["choice"] == name and r["gap"] is not None]
-        summary.append(
-            {
-                "choice": name,
-                "mmd_mean": float(np.mean(mm)),
-                "mmd_sd": float(np.std(mm, ddof=1)),
-                "gap_mean": float(np.mean(gg)) if gg else None,
-                "gap_sd": float(np.std(gg, ddof=1)) if gg else None,
-            }
-        )
+        summary.append({"choice": name, **common.mean_sd("mmd", mm), **common.mean_sd("gap", gg)})
     result = {"n": a.n, "steps": steps, "seeds": a.seeds, "rows": rows, "summary": summary}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    _plot(summary, out / "choice.png")
+    out = common.save(result, a.out, "choice.png", _plot)
     for r in summary:
         gap = "" if r["gap_mean"] is None else f"  gap x4 {r['gap_mean']:+.3f} ± {r['gap_sd']:.3f}"
         print(f"{r['choice']:<12} MMD^2 {r['mmd_mean']:+.4f} ± {r['mmd_sd']:.4f}{gap}")
@@ -133,12 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _plot(summary: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot(result: dict):
+    plt = common.pyplot()
+    summary = result["summary"]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     names = [r["choice"] for r in summary]
     ax[0].bar(names, [r["mmd_mean"] for r in summary], yerr=[r["mmd_sd"] for r in summary])
@@ -152,8 +130,7 @@ def _plot(summary: list[dict], path: Path) -> None:
     ax[1].set_ylabel("zero-shot gap, fitted x4")
     for a in ax:
         a.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 if __name__ == "__main__":

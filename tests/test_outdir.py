@@ -5,6 +5,7 @@ the current directory; interrupted replaces and debris of killed runs are recove
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -264,3 +265,79 @@ def _check_places(root: Path, place: str, spelling: str) -> None:
             outdir.check_out(target, overwrite=True, protect=[root / "a" / "b" / "src"])
     else:
         outdir.check_out(target, overwrite=True, protect=[root / "a" / "b" / "src"])
+
+
+# ------------------------------------------------------- single-file JSON outputs (track --json)
+
+
+def _json_out(path: Path, value: int) -> Path:
+    return outdir.write_json_output(path, {"v": value}, kind="track")
+
+
+def test_json_output_replaces_only_its_own_file(tmp_path: Path) -> None:
+    """A ``track`` result this tool wrote is replaced; any other file, a folder or a link is
+    refused with the path named and left byte for byte as it was."""
+    own = _json_out(tmp_path / "r.json", 1)
+    assert _json_out(own, 2) == own
+    assert json.loads(own.read_text()) == {"written_by": "mfgrow", "kind": "track", "v": 2}
+    foreign = {
+        "user.json": '{"v": 1}',
+        "notes.txt": "user data",
+        "other_kind.json": '{"written_by": "mfgrow", "kind": "analysis"}',
+        "truncated.json": '{"written_by": "mfgrow", "kind": "track", "v"',
+    }
+    for name, text in foreign.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link.json").symlink_to(own)
+    for name in (*foreign, "folder", "link.json"):
+        with pytest.raises(CheckpointError, match=f"{name}.*not a track result this tool wrote"):
+            _json_out(tmp_path / name, 3)
+    for name, text in foreign.items():
+        assert (tmp_path / name).read_text() == text
+    assert json.loads(own.read_text())["v"] == 2
+    assert sorted(os.listdir(tmp_path)) == sorted([*foreign, "folder", "link.json", "r.json"])
+
+
+def _half_then_enospc(path, data):
+    Path(path).write_text(data[: len(data) // 2])
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_failed_json_write_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    path = _json_out(tmp_path / "r.json", 1)
+    before = path.read_bytes()
+    monkeypatch.setattr(outdir, "write_file", _half_then_enospc)
+    with pytest.raises(CheckpointError, match=f"{path}.*no space left on the device"):
+        _json_out(path, 2)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["r.json"]
+
+
+KILL_DURING_JSON_WRITE = """
+    import os
+    from growth.formats import outdir
+
+    def half_then_kill(path, data):
+        with open(path, "w") as f:
+            f.write(data[: len(data) // 2])
+        os._exit(9)
+
+    outdir.write_file = half_then_kill
+    outdir.write_json_output(PATH, {"v": 2}, kind="track")
+"""
+
+
+def test_kill_while_writing_a_json_output_keeps_the_old_file(tmp_path: Path) -> None:
+    """A kill in the middle of the write leaves the old result whole and a half-written
+    ``.tmp-`` sibling, which the next write removes."""
+    path = _json_out(tmp_path / "r.json", 1)
+    before = path.read_bytes()
+    res = _run(KILL_DURING_JSON_WRITE.replace("PATH", repr(str(path))))
+    assert res.returncode == 9, res.stderr
+    assert path.read_bytes() == before
+    (debris,) = set(os.listdir(tmp_path)) - {"r.json"}
+    assert debris.startswith("r.json.tmp-")
+    _json_out(path, 3)
+    assert os.listdir(tmp_path) == ["r.json"]
+    assert json.loads(path.read_text())["v"] == 3

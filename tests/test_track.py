@@ -4,13 +4,18 @@ rule (one global LR, unscaled Adam eps, coupled weight decay) visibly diverges."
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
 
+from growth.apps import track as track_module
 from growth.apps.cli import main
 from growth.apps.track import CONTROLS, track, track_checkpoint
 from growth.errors import GrowthError
+from growth.formats import outdir
 from growth.formats.checkpoint import save_checkpoint
 from growth.models import config_to_dict, init_model, params_of
 from growth.models.mlp import MLPConfig
@@ -109,12 +114,39 @@ def test_track_grown_checkpoint_tracks_its_recorded_growth(trained, tmp_path, me
     assert main(argv) == (0 if passes else 1)
 
 
-def test_cli(ckpt, tmp_path, capsys) -> None:
+def test_cli(ckpt, tmp_path, capsys, monkeypatch) -> None:
     out = tmp_path / "track.json"
-    code = main(["track", str(ckpt), "--steps", "10", "--optimizer", "sgd", "--json", str(out)])
-    assert code == 0, capsys.readouterr().out
+    argv = ["track", str(ckpt), "--steps", "10", "--optimizer", "sgd", "--json", str(out)]
+    assert main(argv) == 0, capsys.readouterr().out
     assert "negative control" in capsys.readouterr().out
-    assert json.loads(out.read_text())["gaps"]["right"] <= TOL
+    first = json.loads(out.read_text())
+    assert first["gaps"]["right"] <= TOL and first["written_by"] == "mfgrow"
+    assert main([*argv, "--steps", "12"]) == 0  # its own result: replaced
+    assert json.loads(out.read_text())["steps"] == 12
+    before = out.read_bytes()
+    monkeypatch.setattr(outdir, "write_file", _crash_half_written)
+    assert main(argv) == 2  # a crash while writing: the old result is kept whole
+    assert "writing" in capsys.readouterr().err
+    assert out.read_bytes() == before and os.listdir(tmp_path) == ["track.json"]
+
+
+def _crash_half_written(path, data):
+    Path(path).write_text(data[: len(data) // 2])
+    raise OSError(errno.EIO, "simulated crash")
+
+
+def test_cli_json_refuses_a_file_it_did_not_write_before_training(ckpt, tmp_path, capsys,
+                                                                  monkeypatch) -> None:  # fmt: skip
+    user = tmp_path / "results.json"
+    user.write_text('{"mine": 1}')
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --json")
+
+    monkeypatch.setattr(track_module, "track_checkpoint", no_training)
+    assert main(["track", str(ckpt), "--json", str(user)]) == 2
+    assert "not a track result this tool wrote" in capsys.readouterr().err
+    assert user.read_text() == '{"mine": 1}'
 
 
 def test_bad_input(ckpt) -> None:

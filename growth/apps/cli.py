@@ -196,7 +196,10 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
 
 def _cmd_track(a: argparse.Namespace) -> int:
     from growth.apps.track import format_track, track_checkpoint
+    from growth.formats.outdir import check_file_out, write_json_output
 
+    if a.json:
+        check_file_out(a.json, kind="track")  # refuse a file this tool did not write, up front
     kw = {} if a.lr is None else {"lr": a.lr}
     res = track_checkpoint(
         a.checkpoint, steps=a.steps, optimizer=a.optimizer, width=a.width, method=a.method,
@@ -204,8 +207,7 @@ def _cmd_track(a: argparse.Namespace) -> int:
     )  # fmt: skip
     print(format_track(res))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json_output(a.json, res, kind="track")
     return 0 if res["passed"] else 1
 
 
@@ -373,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method", default="copy", help="growth of a source checkpoint")
     tr.add_argument("--lr", type=float, default=None, help="default: 0.05 (sgd), 1e-3 (adam)")
     tr.add_argument("--eps", type=float, default=1e-5, help="Adam epsilon")
-    tr.add_argument("--json", default=None, help="write the full result here")
+    tr.add_argument("--json", default=None,
+                    help="write the full result here (replaces only this command's own result)")
     tr.set_defaults(func=_cmd_track)
     return p
 

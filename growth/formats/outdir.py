@@ -42,7 +42,7 @@ from growth.errors import CheckpointError
 
 __all__ = ["MARKER", "check_out", "recover", "temp_path", "seal", "install", "read_marker",
            "verify_tensor", "verify_files", "tensor_digest", "check_size",
-           "write_directory"]  # fmt: skip
+           "write_directory", "check_file_out", "write_json_output"]  # fmt: skip
 
 MARKER = "mfgrow-output.json"
 MARKER_VERSION = 1
@@ -322,6 +322,68 @@ def write_file(path: Path, data: str | bytes) -> None:
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def replace_file(target: Path, data: str | bytes) -> None:
+    """Atomically make ``target`` a file holding ``data``: written and fsynced as a
+    :func:`temp_path` sibling, then renamed over ``target`` (``os.replace``), so a crash at any
+    point leaves the old file whole or the new one complete. The sibling is removed on error."""
+    tmp = temp_path(target)
+    try:
+        write_file(tmp, data)
+        os.replace(tmp, target)
+    except BaseException:
+        remove(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+_TAG_MAX_BYTES = 1 << 30  # a larger file is not a small JSON output of this tool
+
+
+def _tagged(path: Path, kind: str) -> bool:
+    """True if ``path`` is a JSON object tagged ``"written_by": "mfgrow"`` and ``kind``."""
+    with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+        if path.stat().st_size <= _TAG_MAX_BYTES:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            ours = isinstance(data, dict) and data.get("written_by") == "mfgrow"
+            return ours and data.get("kind") == kind
+    return False
+
+
+def check_file_out(path: str | os.PathLike, *, kind: str) -> Path:
+    """Validate a single-file JSON output (``kind``: e.g. ``"track"``) before anything is
+    computed; returns it made absolute. A missing path is fine (its dead writers' debris is
+    removed, :func:`recover`); an existing one is replaced only if it is a regular file this
+    tool wrote as ``kind`` (:func:`write_json_output`'s tag). No flag is needed for that, as
+    for a demo run folder.
+
+    Raises:
+        CheckpointError: naming the path and the reason.
+    """
+    target = out_path(path)
+    recover(target)
+    if os.path.lexists(target) and (
+        target.is_symlink() or not target.is_file() or not _tagged(target, kind)
+    ):
+        raise CheckpointError(
+            f"refusing to replace {str(target)!r}: not a {kind} result this tool wrote (no "
+            f'"written_by": "mfgrow", "kind": "{kind}"); remove it or choose another path'
+        )
+    return target
+
+
+def write_json_output(path: str | os.PathLike, data: Mapping[str, Any], *, kind: str) -> Path:
+    """Write ``{"written_by": "mfgrow", "kind": kind, **data}`` to ``path`` as indented JSON,
+    atomically (:func:`check_file_out`, then :func:`replace_file`; ``data`` must not use the two
+    tag keys). On error the old file is untouched and a CheckpointError names ``path``."""
+    target = check_file_out(path, kind=kind)
+    text = json.dumps({"written_by": "mfgrow", "kind": kind, **data}, indent=1)
+    try:
+        replace_file(target, text)
+    except Exception as e:
+        raise CheckpointError(f"writing {target} failed: {describe_os_error(e)}") from e
+    return target
 
 
 def normal_mode(path: Path) -> None:
