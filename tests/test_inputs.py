@@ -167,12 +167,12 @@ def test_output_size_is_bounded_before_allocating(tmp_path: Path, capsys) -> Non
 
 
 def test_stream_output_is_bounded_by_the_disk(tmp_path: Path, monkeypatch) -> None:
-    from growth.formats import outdir
+    from growth.formats import size_bound
     from growth.formats.stream import grow_stream
 
     small = _small(tmp_path)
     spec = get_family("resmlp").spec(ResMLPConfig(40, 4, 8, 1, 10))
-    monkeypatch.setattr(outdir, "free_disk", lambda path: 10_000)
+    monkeypatch.setattr(size_bound, "free_disk", lambda path: 10_000)
     with pytest.raises(CheckpointError, match="more than the free disk"):
         grow_stream(small, tmp_path / "o", spec, width={"d": 64, "h": 128})
     grow_stream(small, tmp_path / "o", spec, width={"d": 8, "h": 16}, max_bytes=10**6)

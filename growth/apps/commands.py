@@ -18,7 +18,8 @@ import numpy as np
 from growth.engine import GrowthPlan, GrowthReport, apply_plan, grown_nbytes, plan_growth
 from growth.errors import GrowthError
 from growth.formats.checkpoint import load_checkpoint, save_checkpoint
-from growth.formats.outdir import check_out, check_size, out_path, remove, seal
+from growth.formats.outdir import check_out, out_path, remove, seal
+from growth.formats.size_bound import check_size
 from growth.guarantee import SAMPLING_ALPHA, output_error
 from growth.methods import DEFAULT_METHOD, Method
 from growth.models import (
@@ -166,7 +167,7 @@ def grow_checkpoint(
     """Load ``source``, grow it, and save the grown checkpoint (with the report) at ``out``
     (checked first: never the source or one of its ancestors). The grown size is bounded
     before anything is allocated: by ``max_bytes`` if given, else by the available memory and
-    the free disk at ``out`` (``growth.formats.outdir.check_size``)."""
+    the free disk at ``out`` (``growth.formats.size_bound.check_size``)."""
     check_out(out, overwrite=overwrite, protect=[source])
     model, meta, config = load_model(source)
     fam = get_family(meta["family"])

@@ -41,7 +41,7 @@ import numpy as np
 from growth.errors import CheckpointError
 
 __all__ = ["MARKER", "check_out", "recover", "temp_path", "seal", "install", "read_marker",
-           "verify_tensor", "verify_files", "tensor_digest", "check_size",
+           "verify_tensor", "verify_files", "tensor_digest",
            "write_directory", "check_file_out", "write_json_output"]  # fmt: skip
 
 MARKER = "mfgrow-output.json"
@@ -398,55 +398,3 @@ def describe_os_error(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device ({e})"
     return f"{type(e).__name__}: {e}"
-
-
-# ------------------------------------------------------------------------------------ size bound
-
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (``MemAvailable``; else free pages)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def free_disk(path: Path) -> int:
-    """Free bytes on the file system that would hold ``path`` (its nearest existing ancestor)."""
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
-def check_size(
-    nbytes: int, out: str | os.PathLike | None, *, max_bytes: int | None, in_memory: bool = True
-) -> None:
-    """Refuse an output of ``nbytes`` before allocating it.
-
-    The bound is ``max_bytes`` when given (the user's override, ``--max-bytes``), else the
-    available memory (when the output is built in memory) and the free disk at ``out``.
-
-    Raises:
-        CheckpointError: stating the estimate and the bound it exceeds.
-    """
-    gib = 2.0**30
-    if max_bytes is not None:
-        if nbytes > max_bytes:
-            raise CheckpointError(
-                f"the output would take {nbytes / gib:.3g} GiB, above --max-bytes "
-                f"({max_bytes / gib:.3g} GiB)"
-            )
-        return
-    limits = []
-    if in_memory:
-        limits.append(("available memory", available_memory()))
-    if out is not None:
-        limits.append((f"free disk at {str(out)!r}", free_disk(Path(out))))
-    for what, limit in limits:
-        if nbytes > limit:
-            raise CheckpointError(
-                f"the output would take {nbytes / gib:.3g} GiB, more than the {what} "
-                f"({limit / gib:.3g} GiB); pass --max-bytes to override"
-            )

@@ -40,7 +40,7 @@ from etils import epath
 
 from growth.engine import GrowthReport, apply_leaves, grown_nbytes, plan_growth
 from growth.errors import CheckpointError, GrowthError, SpecError
-from growth.formats import outdir
+from growth.formats import outdir, size_bound
 from growth.formats.checkpoint import checkpoint_digests, read_checkpoint_info, write_checkpoint
 from growth.methods import DEFAULT_EXTERNAL_METHOD, Method
 from growth.spec import NeuronSpec, path_str
@@ -408,7 +408,7 @@ def grow_stream(
     try:
         try:
             nbytes = grown_nbytes(spec.resolve(src.tree), src.tree, width or {}, depth or {})
-            outdir.check_size(nbytes, out, max_bytes=max_bytes, in_memory=False)
+            size_bound.check_size(nbytes, out, max_bytes=max_bytes, in_memory=False)
             plan = plan_growth(src.tree, spec, width=width, depth=depth, method=method, key=key)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from e

@@ -58,7 +58,8 @@ from growth.formats.hf.io import PRIVATE as _PRIVATE
 from growth.formats.hf.io import numpy_tree as _numpy_tree
 from growth.formats.hf.io import parse_growth_targets as _targets
 from growth.formats.hf.layout import need
-from growth.formats.outdir import check_out, check_size
+from growth.formats.outdir import check_out
+from growth.formats.size_bound import check_size
 from growth.guarantee import declare
 from growth.methods import DEFAULT_EXTERNAL_METHOD
 from growth.models import model_from_params

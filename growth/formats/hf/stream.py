@@ -38,7 +38,6 @@ import numpy as np
 from growth.depth import parse_slices, slice_map, slices_exact
 from growth.engine import GrowthPlan, GrowthReport, apply_leaves, plan_growth
 from growth.errors import GrowthError
-from growth.formats import outdir
 from growth.formats.hf.decoder import Checked, buffer_value, check_tensors, width_targets
 from growth.formats.hf.io import (
     DEFAULT_SHARD_SIZE,
@@ -50,6 +49,7 @@ from growth.formats.hf.io import (
 )
 from growth.formats.hf.io import parse_growth_targets as _targets
 from growth.formats.hf.layout import HEAD, Unit, block_units, hf_config, rope_scaled, top_units
+from growth.formats.size_bound import check_size
 from growth.methods import DEFAULT_EXTERNAL_METHOD, get_method
 from growth.models import decoder
 from growth.models.decoder import DecoderConfig
@@ -290,7 +290,7 @@ def grow_decoder_stream(
         entries = grower.entries()
         nbytes = sum(int(np.prod(x.shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
                      for x in entries.values())  # fmt: skip
-        outdir.check_size(nbytes, out, max_bytes=max_bytes, in_memory=False)
+        check_size(nbytes, out, max_bytes=max_bytes, in_memory=False)
         report = plan.report
         if c2.readout_mult != 1.0:
             report.notes.append(
