@@ -26,10 +26,12 @@ import numpy as np
 COLUMNS = (
     ("final test loss", "final_test_loss_grown"),
     ("scratch (target)", "target_test_loss"),
-    ("in-run speed-up", "speedup"),
     ("budget speed-up", "budget_speedup"),
     ("budget speed-up, charged", "budget_speedup_charging_small_model"),
+    ("in-run speed-up", "speedup"),
+    ("in-run, charged", "speedup_charging_small_model"),
     ("small model", "small_test_loss"),
+    ("zero-shot gap", "zero_shot_gap"),
 )
 
 
@@ -60,7 +62,8 @@ def pm(values: list) -> str:
     vals = [v for v in values if v is not None]
     if not vals:
         return "never"
-    text = f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.3f}"
+    sd = np.std(vals, ddof=1) if len(vals) > 1 else 0.0
+    text = f"{np.mean(vals):.3g} ± {sd:.2g}"
     return text + (f" ({len(vals)}/{len(values)})" if len(vals) < len(values) else "")
 
 
