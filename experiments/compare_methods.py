@@ -1,31 +1,40 @@
 """Compare growth methods on the demo task: same small model, same target, same training budget.
 
 For each seed a small ResMLP (``growth.apps.demo.mlp`` defaults: width 16, hidden 32, depth 2) is
-trained on
-MNIST-1D, then grown with every method to the same large config (width x4, hidden x4, depth x2),
-and every grown model -- and a from-scratch model of the same config -- is trained with the same
-batches, schedule and muP-Adam multipliers (base widths = the small model's), each arm at its own
-best peak LR of the same sweep (``--lrs``; recorded per run as ``lr`` and ``lr_sweep``). Per
-method, over seeds (mean and std):
+trained on MNIST-1D, then grown with every method to the same large config (width x4, hidden x4,
+depth x2), and every grown model -- and a from-scratch model of the same config -- is trained
+with the same batches, schedule and muP-Adam multipliers (base widths = the small model's). The
+protocol is the demos' (``growth.apps.demo.protocol``): each arm takes its best peak LR of the
+same sweep (``--lrs``, :func:`~growth.apps.demo.protocol.best_of_sweep`; recorded per run as
+``lr`` and ``lr_sweep``), and the target is tuned scratch's final test loss at the whole budget
+``T`` (same seed). Per method, over seeds (mean and std):
 
 - ``zero_shot_gap``: grown test loss at step 0 minus the small model's final test loss;
 - ``steps_to_target``: first evaluated step at which the grown model's test loss is <= the
-  scratch model's final test loss (same seed); None if never within the budget;
-- ``speedup``: scratch steps to its own final loss (the budget's last evaluation that reached
-  it) / grown steps to it; ``flops_to_target``: 6 N_large B steps (training FLOPs ~ 6 x params x
-  examples) plus, for the grown model, the small model's training (6 N_small B steps_small);
+  target; None if never within the budget;
+- in-run ``speedup``: scratch steps to its own final loss (the budget's last evaluation that
+  reached it) / grown steps to it, both on ``T``-step schedules; ``flops_to_target``:
+  6 N_large B steps (training FLOPs ~ 6 x params x examples) plus, for the grown model, the
+  small model's training (6 N_small B steps_small); ``speedup_flops`` charges it;
+- ``budget_speedup`` (``--budget``, on by default): ``T / B*``, ``B*`` the smallest budget on a
+  grid of fractions of ``T`` (bisection, :func:`~growth.apps.demo.protocol.budget_speedup`) at
+  which the grown model, trained ``B*`` steps with its own ``B*``-step schedule at its best LR
+  of the same sweep, ends at or below the target (budget probes evaluate only at their end);
+  None if the full run does not reach it. ``budget_speedup_flops`` charges the same growth cost
+  as ``speedup_flops``: ``T / (B* + steps_small N_small / N_large + operator steps)``;
 - ``final_test_loss``.
 
 ``msg`` (Masked Structural Growth) is grown by ``growth.recipes.msg.grow_msg`` and trained with its
-mask ramping 0 -> 1 over ``--ramp-steps`` updates (``fit(..., transform=...)``), on the same
-batches, schedule and budget; its step-0 loss is at mask 0. ``ligo`` learns its growth operators
-for 100 steps on training batches (``growth.recipes.ligo.grow_ligo``) before the common budget;
-those
-steps are charged in its FLOPs (one large-model step each), not in its step counts.
+mask ramping 0 -> 1 (``fit(..., transform=...)``) over ``min(--ramp-steps, budget // 2)``
+updates of each budget, the full one included, so that the mask is fully open for at least the
+second half of every run (:func:`msg_ramp`); its step-0 loss is at mask 0. ``ligo`` learns its
+growth operators for 100 steps on training batches (``growth.recipes.ligo.grow_ligo``) once,
+before the common budget; those steps are charged in its FLOPs (one large-model step each) at
+every budget, not in its step counts.
 
 Writes ``summary.json``, ``table.md`` and ``loss_curves.png`` under ``--out``.
 
-    python -m experiments.compare_methods --quick          # smoke run (~1 min)
+    python -m experiments.compare_methods --quick          # smoke run (budget grid 1/4, 1/2, 3/4)
     python -m experiments.compare_methods --seeds 3        # the reported comparison
 """
 
@@ -37,7 +46,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
+from experiments._compare_report import aggregate, markdown, metrics, plot
+from growth.apps.demo.protocol import BUDGET_FRACTIONS, best_of_sweep, budget_speedup, n_params
+
+#: the budget grid of ``--quick`` (fractions of ``T``)
+QUICK_FRACTIONS = (0.25, 0.5, 0.75)
 
 DEFAULT_METHODS = (
     "plastic",
@@ -59,34 +72,34 @@ DEFAULT_METHODS = (
 )
 
 
-def _n_params(tree) -> int:
-    import jax
+def msg_ramp(ramp_steps: int, budget: int) -> int:
+    """msg's mask ramp (updates) in a ``budget``-step run: ``max(1, min(ramp_steps, budget // 2))``
+    (the mask is fully open for at least the second half of the run)."""
+    return max(1, min(ramp_steps, budget // 2))
 
-    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
 
-
-def best_lr(train_at, lrs) -> dict:
-    """Train once per peak LR (``train_at(lr) -> history dict``) and keep the run with the lowest
-    final test loss, recording ``lr`` and the sweep's final losses (``lr_sweep``)."""
-    hists = {lr: train_at(lr) for lr in lrs}
-    best = min(hists, key=lambda lr: hists[lr]["test_loss"][-1])
-    sweep = {str(lr): h["test_loss"][-1] for lr, h in hists.items()}
-    return hists[best] | {"lr": best, "lr_sweep": sweep}
+def _record(hist, sweep: dict) -> dict:
+    """A best-of-sweep run as stored in ``summary.json``: its history, ``lr`` and ``lr_sweep``."""
+    return hist.to_dict() | {"lr": sweep["lr"], "lr_sweep": sweep["final_test_loss"]}
 
 
 def grow_and_train(
-    family, small_cfg, small_hist, p_small, methods, width, depth, fit, seed, ramp_steps=None,
-    task=None, lrs=(None,),
+    family, small_cfg, small_hist, p_small, fit, *, methods, width, depth, seed, steps,
+    lrs=(None,), ramp_steps=None, task=None, fractions=BUDGET_FRACTIONS,
 ):  # fmt: skip
-    """Grow ``p_small`` with every method, train each with ``fit(model, desc, transform, lr) ->
-    history dict`` on the same budget, then a same-size model from scratch; every arm is trained
-    at each peak LR of ``lrs`` and keeps its best run (:func:`best_lr`; None: ``fit``'s default
-    LR); returns the per-seed record. Masked methods (``ramp_steps`` > 0: msg) are grown by
-    ``growth.recipes.msg.grow_msg`` and trained with their mask ramp over ``ramp_steps`` updates
-    (None: the recipe's). Learned operators (``operator_steps`` > 0: ligo) are trained by
+    """Grow ``p_small`` with every method and train each, then a same-size model from scratch,
+    with ``fit(model, desc, transform, lr, budget) -> History`` (a ``budget``-step run; ``steps``
+    = the whole budget ``T``); every arm keeps its best run over the peak LRs ``lrs`` (None:
+    ``fit``'s default LR). Then, unless ``fractions`` is None, each method's budget ``B*``
+    (``budget_steps``, with the probes' sweeps as ``budget_probes``) against scratch's final
+    loss. Returns the per-seed record.
+
+    Masked methods (``ramp_steps`` > 0: msg) are grown by ``growth.recipes.msg.grow_msg`` and
+    trained with their mask ramp over :func:`msg_ramp` of ``ramp_steps`` (None: the recipe's)
+    and the budget. Learned operators (``operator_steps`` > 0: ligo) are trained once by
     ``growth.recipes.ligo.grow_ligo`` on ``task = (loss_fn, batches)`` (the training loss and an
-    iterator of training batches); their steps are recorded as ``extra_large_steps`` (each
-    costs about one large-model step)."""
+    iterator of training batches); their steps are recorded as ``extra_large_steps`` (each costs
+    about one large-model step)."""
     import jax
 
     from growth.engine import apply_plan, plan_growth
@@ -96,11 +109,11 @@ def grow_and_train(
     from growth.recipes.msg import grow_msg, msg_transform
 
     fam = get_family(family)
-    out = {"small": small_hist, "n_small": _n_params(p_small)}
-    big_cfg = None
+    out = {"small": small_hist, "n_small": n_params(p_small)}
+    big_cfg, arms = None, {}
     for name in methods:
         t0 = time.perf_counter()
-        method, transform = get_method(name), None
+        method, mask = get_method(name), None
         kw = dict(width=width, depth=depth, method=method, key=seed)
         extra = {}
         if method.operator_steps:
@@ -115,8 +128,7 @@ def grow_and_train(
         else:
             if method.ramp_steps:
                 new, info, plan = grow_msg(p_small, fam.spec(small_cfg), **kw)
-                r = method.ramp_steps if ramp_steps is None else ramp_steps
-                transform = msg_transform(info, r)
+                mask = (info, method.ramp_steps if ramp_steps is None else ramp_steps)
             else:
                 plan = plan_growth(p_small, fam.spec(small_cfg), **kw)
                 new = apply_plan(plan, p_small)
@@ -125,31 +137,40 @@ def grow_and_train(
         new = jax.block_until_ready(new)
         grow_s = time.perf_counter() - t0
 
-        def train_at(lr, cfg=big_cfg, params=new, desc=name, transform=transform):
-            return fit(model_from_params(family, cfg, params), desc, transform, lr)
+        def train_at(lr, budget, cfg=big_cfg, params=new, desc=name, mask=mask):
+            transform = None if mask is None else msg_transform(mask[0], msg_ramp(mask[1], budget))
+            return fit(model_from_params(family, cfg, params), desc, transform, lr, budget)
 
-        hist = best_lr(train_at, lrs)
+        hist = _record(*best_of_sweep(lambda lr, run=train_at: run(lr, steps), lrs))
         if not method.operator_steps and plan.report.function_check == "unmeasured":
             # exact only in exact arithmetic: measured here by the step-0 held-out loss
             s_loss, g_loss = small_hist["test_loss"][-1], hist["test_loss"][0]
             preserving = abs(g_loss - s_loss) <= 1e-5 * max(1.0, abs(s_loss))
         out[name] = hist | extra | {"grow_s": grow_s, "function_preserving": preserving}
+        arms[name] = train_at
         print(
             f"  seed {seed} {name:<14} step0 {hist['test_loss'][0]:.4f} "
             f"final {hist['test_loss'][-1]:.4f}",
             flush=True,
         )
-    out["n_large"] = _n_params(params_of(init_model(family, big_cfg, seed=seed + 1)))
-    out["scratch"] = best_lr(
-        lambda lr: fit(init_model(family, big_cfg, seed=seed + 1), "scratch", None, lr), lrs
-    )
-    print(f"  seed {seed} {'scratch':<14} final {out['scratch']['test_loss'][-1]:.4f}", flush=True)
+    out["n_large"] = n_params(params_of(init_model(family, big_cfg, seed=seed + 1)))
+    out["scratch"] = _record(*best_of_sweep(
+        lambda lr: fit(init_model(family, big_cfg, seed=seed + 1), "scratch", None, lr, steps), lrs
+    ))  # fmt: skip
+    target = out["scratch"]["test_loss"][-1]
+    print(f"  seed {seed} {'scratch':<14} final {target:.4f}", flush=True)
+    for name in methods if fractions is not None else ():
+        b = budget_speedup(arms[name], lrs, steps=steps, target=target,
+                           full_loss=out[name]["test_loss"][-1], fractions=fractions)  # fmt: skip
+        out[name] |= {"budget_steps": b["budget_steps"], "budget_probes": b["budget_probes"]}
+        print(f"  seed {seed} {name:<14} budget to target {b['budget_steps']} of {steps}",
+              flush=True)  # fmt: skip
     return out
 
 
 def run_seed(
     seed: int, methods, *, small_steps, steps, lr, eval_every, dataset, factors, ramp_steps,
-    lrs=(None,),
+    lrs=(None,), fractions=BUDGET_FRACTIONS,
 ):  # fmt: skip
     """One seed: small model, every method and scratch. Returns {name: history dict, ...}."""
 
@@ -173,32 +194,30 @@ def run_seed(
     depth = {"blocks": 2 * df}
     tc_big = TrainConfig(steps=steps, lr=lr, eval_every=eval_every, seed=seed + 7)
 
-    def fit(model, desc, transform, peak=None):
+    def fit(model, desc, transform, peak, budget):
         mults = adam_lr_multipliers(fam.spec(model.config).resolve(params_of(model)), base)
-        tc = tc_big if peak is None else dataclasses.replace(tc_big, lr=peak)
-        hist = train(
-            model, data, tc, lr_multipliers=mults, desc=desc, progress=False,
-            transform=transform,
-        )  # fmt: skip
-        return hist.to_dict()
+        every = eval_every if budget == steps else budget  # budget probes: final loss only
+        tc = dataclasses.replace(tc_big, steps=budget, eval_every=every,
+                                 lr=tc_big.lr if peak is None else peak)  # fmt: skip
+        return train(model, data, tc, lr_multipliers=mults, desc=desc, progress=False,
+                     transform=transform)  # fmt: skip
 
     task = (
         lambda m, x, y: cross_entropy(m(x), y),
         iterate_batches(data.x_train, data.y_train, tc_big.batch_size, seed + 11),
     )
     return grow_and_train(
-        "resmlp", small_cfg, small_hist.to_dict(), p_small, methods, width, depth, fit, seed,
-        ramp_steps, task, lrs,
+        "resmlp", small_cfg, small_hist.to_dict(), p_small, fit, methods=methods, width=width,
+        depth=depth, seed=seed, steps=steps, lrs=lrs, ramp_steps=ramp_steps, task=task,
+        fractions=fractions,
     )  # fmt: skip
 
 
 def run_seed_lm(
     seed: int, methods, *, small_steps, steps, lr, eval_every, factors, ramp_steps,
-    lrs=(None,), **_
+    lrs=(None,), fractions=BUDGET_FRACTIONS, **_
 ):  # fmt: skip
     """The LM task (``growth.apps.demo.lm``, quick decoder on stdlib bytes): same protocol."""
-    import dataclasses
-
     from flax import nnx
 
     from growth.apps.demo.lm import LMDemoConfig, next_byte_loss, train_lm
@@ -220,132 +239,21 @@ def run_seed_lm(
     depth = {"blocks": g * small_cfg.n_layers}
     base = fam.sizes(small_cfg)
 
-    def fit(model, desc, transform, peak=None):
+    def fit(model, desc, transform, peak, budget):
         mults = adam_lr_multipliers(fam.spec(model.config).resolve(params_of(model)), base)
-        hist = train_lm(model, cfg, steps, test, seed=seed + 7, lr_multipliers=mults, desc=desc,
-                        transform=transform, lr=peak)  # fmt: skip
-        return dataclasses.asdict(hist)
+        every = None if budget == steps else budget  # budget probes: final loss only
+        return train_lm(model, cfg, budget, test, seed=seed + 7, lr_multipliers=mults, desc=desc,
+                        transform=transform, lr=peak, eval_every=every)  # fmt: skip
 
     task = (next_byte_loss, ((b,) for b in lm_batches(corpus.train, cfg.batch, cfg.seq_len,
                                                         seed + 11)))  # fmt: skip
     out = grow_and_train(
-        "decoder", small_cfg, dataclasses.asdict(small_hist), p_small, methods, width, depth,
-        fit, seed, ramp_steps, task, lrs,
+        "decoder", small_cfg, small_hist.to_dict(), p_small, fit, methods=methods, width=width,
+        depth=depth, seed=seed, steps=steps, lrs=lrs, ramp_steps=ramp_steps, task=task,
+        fractions=fractions,
     )  # fmt: skip
     out["batch"] = cfg.batch * cfg.seq_len  # tokens per step
     return out
-
-
-def _first_at_or_below(steps, losses, target):
-    return next((k for k, v in zip(steps, losses, strict=True) if v <= target), None)
-
-
-def metrics(run: dict, methods, *, batch: int, small_steps: int) -> dict:
-    """Per-method metrics of one seed's run."""
-    sc = run["scratch"]
-    target = sc["test_loss"][-1]
-    s_scratch = _first_at_or_below(sc["steps"], sc["test_loss"], target)
-    small_loss = run["small"]["test_loss"][-1]
-    fl_step = 6 * run["n_large"] * batch
-    fl_small = 6 * run["n_small"] * batch * small_steps
-    res = {
-        "scratch": {
-            "final_test_loss": target,
-            "steps_to_target": s_scratch,
-            "flops_to_target": s_scratch * fl_step,
-            "speedup": 1.0,
-        }
-    }
-    for m in methods:
-        h = run[m]
-        s = _first_at_or_below(h["steps"], h["test_loss"], target)
-        first = next((k for k in h["steps"] if k > 0), 1)
-        fl_grow = fl_small + h.get("extra_large_steps", 0) * fl_step  # ligo's operator steps
-        res[m] = {
-            "zero_shot_gap": h["test_loss"][0] - small_loss,
-            "steps_to_target": s,
-            "flops_to_target": None if s is None else s * fl_step + fl_grow,
-            "speedup": None if s is None else s_scratch / max(s, first),
-            "speedup_flops": None if s is None else s_scratch * fl_step / (s * fl_step + fl_grow),
-            "final_test_loss": h["test_loss"][-1],
-            "function_preserving": h["function_preserving"],
-        }
-    return res
-
-
-def aggregate(per_seed: list[dict]) -> dict:
-    """mean/std over seeds of each metric; steps/speed-ups over the seeds that reached target."""
-    out = {}
-    for name in per_seed[0]:
-        rows = [r[name] for r in per_seed]
-        agg = {}
-        for key in rows[0]:
-            vals = [r[key] for r in rows]
-            if isinstance(vals[0], bool):
-                agg[key] = all(vals)
-                continue
-            got = [float(v) for v in vals if v is not None]
-            agg[key] = {
-                "mean": float(np.mean(got)) if got else None,
-                "std": float(np.std(got)) if got else None,
-                "reached": len(got),
-            }
-        out[name] = agg
-    return out
-
-
-def markdown(agg: dict, n_seeds: int) -> str:
-    def f(d, fmt="{:.3f}"):
-        if d["mean"] is None:
-            return "never"
-        s = (fmt + " ± " + fmt).format(d["mean"], d["std"])
-        return s if d["reached"] == n_seeds else f"{s} ({d['reached']}/{n_seeds})"
-
-    lines = [
-        "| method | exact | zero-shot gap | steps to scratch final | speed-up (steps) "
-        "| speed-up (FLOPs, incl. small) | final test loss |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, a in agg.items():
-        if name == "scratch":
-            continue
-        lines.append(
-            f"| {name} | {'yes' if a['function_preserving'] else 'no'} | "
-            f"{f(a['zero_shot_gap'], '{:+.4f}')} | {f(a['steps_to_target'], '{:.0f}')} | "
-            f"{f(a['speedup'], '{:.2f}')} | {f(a['speedup_flops'], '{:.2f}')} | "
-            f"{f(a['final_test_loss'], '{:.4f}')} |"
-        )
-    s = agg["scratch"]
-    lines.append(
-        f"| scratch | - | - | {f(s['steps_to_target'], '{:.0f}')} | 1 | 1 | "
-        f"{f(s['final_test_loss'], '{:.4f}')} |"
-    )
-    return "\n".join(lines)
-
-
-def plot(path: Path, runs: list[dict], methods) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    colors = plt.cm.tab20(np.linspace(0, 1, 20))
-    for i, name in enumerate((*methods, "scratch")):
-        steps = runs[0][name]["steps"]
-        losses = np.array([r[name]["test_loss"] for r in runs])
-        mu = losses.mean(0)
-        kw = {"color": "k", "lw": 2} if name == "scratch" else {"lw": 1, "color": colors[i % 20]}
-        ax.plot(steps, mu, label=name, **kw)
-        if len(runs) > 1:
-            ax.fill_between(steps, losses.min(0), losses.max(0), alpha=0.12, color=kw["color"])
-    ax.set_xlabel("optimizer step of the large model")
-    ax.set_ylabel("test cross-entropy (mean over seeds, band = min..max)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _sweep(a: argparse.Namespace) -> tuple[float, ...]:
@@ -386,7 +294,15 @@ def main(argv: list[str] | None = None) -> dict:
         type=int,
         default=None,
         help="msg's mask ramp (updates); default the recipe's (100), a quarter of --steps "
-        "with --quick",
+        "with --quick; each run (budget B) ramps over min(this, B // 2)",
+    )
+    p.add_argument(
+        "--budget",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="budget speed-up per method (bisection over fractions of --steps: "
+        f"{', '.join(map(str, BUDGET_FRACTIONS))}; --quick: "
+        f"{', '.join(map(str, QUICK_FRACTIONS))})",
     )
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
@@ -408,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
         factors=(a.width_factor or (2 if a.task == "lm" else 4), a.depth_factor),
         ramp_steps=a.ramp_steps if a.ramp_steps is not None else (steps // 4 if a.quick else None),
         lrs=_sweep(a),
+        fractions=(QUICK_FRACTIONS if a.quick else BUDGET_FRACTIONS) if a.budget else None,
     )
     run = run_seed_lm if a.task == "lm" else run_seed
     runs = [run(seed, methods, **kw) for seed in range(seeds)]
