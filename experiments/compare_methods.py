@@ -92,7 +92,8 @@ def grow_and_train(
     = the whole budget ``T``); every arm keeps its best run over the peak LRs ``lrs`` (None:
     ``fit``'s default LR). Then, unless ``fractions`` is None, each method's budget ``B*``
     (``budget_steps``, with the probes' sweeps as ``budget_probes``) against scratch's final
-    loss. Returns the per-seed record.
+    loss (``experiments._compare_report.metrics`` turns it into the speed-ups, charging the
+    small model and ligo's operator steps as in ``speedup_flops``). Returns the per-seed record.
 
     Masked methods (``ramp_steps`` > 0: msg) are grown by ``growth.recipes.msg.grow_msg`` and
     trained with their mask ramp over :func:`msg_ramp` of ``ramp_steps`` (None: the recipe's)
@@ -159,7 +160,9 @@ def grow_and_train(
     ))  # fmt: skip
     target = out["scratch"]["test_loss"][-1]
     print(f"  seed {seed} {'scratch':<14} final {target:.4f}", flush=True)
-    for name in methods if fractions is not None else ():
+    if fractions is None:
+        return out
+    for name in methods:  # B* only: the speed-ups and their charges come from metrics()
         b = budget_speedup(arms[name], lrs, steps=steps, target=target,
                            full_loss=out[name]["test_loss"][-1], fractions=fractions)  # fmt: skip
         out[name] |= {"budget_steps": b["budget_steps"], "budget_probes": b["budget_probes"]}
