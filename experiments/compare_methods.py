@@ -2,8 +2,9 @@
 
 For each seed a small ResMLP (``growth.apps.demo.mlp`` defaults: width 16, hidden 32, depth 2) is
 trained on MNIST-1D, then grown with every method to the same large config (width x4, hidden x4,
-depth x2), and every grown model -- and a from-scratch model of the same config -- is trained
-with the same batches, schedule and muP-Adam multipliers (base widths = the small model's). The
+depth x2), and every grown model -- and a from-scratch model of the same sizes
+(``scratch_config``: the muP widths, none of a method's stream scale) -- is trained with the
+same batches, schedule and muP-Adam multipliers (base widths = the small model's). The
 protocol is the demos' (``growth.apps.demo.protocol``): each arm takes its best peak LR of the
 same sweep (``--lrs``, :func:`~growth.apps.demo.protocol.best_of_sweep`; recorded per run as
 ``lr`` and ``lr_sweep``), and the target is tuned scratch's final test loss at the whole budget
@@ -47,7 +48,13 @@ import time
 from pathlib import Path
 
 from experiments._compare_report import aggregate, markdown, metrics, plot
-from growth.apps.demo.protocol import BUDGET_FRACTIONS, best_of_sweep, budget_speedup, n_params
+from growth.apps.demo.protocol import (
+    BUDGET_FRACTIONS,
+    best_of_sweep,
+    budget_speedup,
+    n_params,
+    scratch_config,
+)
 
 #: the budget grid of ``--quick`` (fractions of ``T``)
 QUICK_FRACTIONS = (0.25, 0.5, 0.75)
@@ -154,9 +161,10 @@ def grow_and_train(
             f"final {hist['test_loss'][-1]:.4f}",
             flush=True,
         )
-    out["n_large"] = n_params(params_of(init_model(family, big_cfg, seed=seed + 1)))
+    rival = scratch_config(family, small_cfg, p_small, width=width, depth=depth)
+    out["n_large"] = n_params(params_of(init_model(family, rival, seed=seed + 1)))
     out["scratch"] = _record(*best_of_sweep(
-        lambda lr: fit(init_model(family, big_cfg, seed=seed + 1), "scratch", None, lr, steps), lrs
+        lambda lr: fit(init_model(family, rival, seed=seed + 1), "scratch", None, lr, steps), lrs
     ))  # fmt: skip
     target = out["scratch"]["test_loss"][-1]
     print(f"  seed {seed} {'scratch':<14} final {target:.4f}", flush=True)

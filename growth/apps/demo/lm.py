@@ -32,6 +32,7 @@ from growth.apps.demo.protocol import (
     compare_runs,
     n_params,
     plot_curves,
+    scratch_config,
     write_run_dir,
 )
 from growth.engine import apply_plan, plan_growth
@@ -194,6 +195,8 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
         depth={"blocks": g * small_cfg.n_layers}, method=cfg.method, key=cfg.seed,
     )  # fmt: skip
     big_cfg = grown_config("decoder", small_cfg, plan)
+    rival_cfg = scratch_config("decoder", small_cfg, p_small, width=width,
+                               depth={"blocks": g * small_cfg.n_layers})  # fmt: skip
     p_grown = apply_plan(plan, p_small)
 
     w = jnp.asarray(test)
@@ -207,7 +210,7 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
         model = (
             model_from_params("decoder", big_cfg, p_grown)
             if grown
-            else Decoder(big_cfg, rngs=nnx.Rngs(cfg.seed + 1))
+            else Decoder(rival_cfg, rngs=nnx.Rngs(cfg.seed + 1))
         )
         every = None if steps == cfg.steps else steps  # budget probes: final loss only
         return train_lm(model, cfg, steps, test, seed=cfg.seed + 7, lr_multipliers=mults,
@@ -243,6 +246,7 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
         "corpus_fingerprint": corpus.fingerprint,
         "small_config": config_to_dict(small_cfg),
         "grown_config": config_to_dict(big_cfg),
+        "scratch_config": config_to_dict(rival_cfg),
         "growth": plan.report.to_dict(),
         **compare_runs(small_hist, grown_hist, scratch_hist, small_cost=small_cost),
         **budget,

@@ -34,6 +34,7 @@ from growth.apps.demo.protocol import (
     compare_runs,
     n_params,
     plot_curves,
+    scratch_config,
     write_run_dir,
 )
 from growth.methods import DEFAULT_METHOD, get_method
@@ -101,12 +102,16 @@ def _run(tmp: Path, cfg: DemoConfig, progress: bool) -> dict:
     resolved_params = params_of(init_model("resmlp", big_cfg))
     resolved = fam.spec(big_cfg).resolve(resolved_params)
     mults = adam_lr_multipliers(resolved, base) if cfg.mup else None
+    sizes = fam.sizes(big_cfg)
+    rival_cfg = scratch_config("resmlp", small_cfg, params_of(load_model(tmp / "small")[0]),
+                               width={s: sizes[s] for s in ("d", "h")},
+                               depth={"blocks": sizes["blocks"]})  # fmt: skip
 
     def run(lr: float, desc: str, steps: int = cfg.steps) -> History:
         model = (
             load_model(tmp / "grown")[0]
             if desc == "grown"
-            else init_model("resmlp", big_cfg, seed=cfg.seed + 1)
+            else init_model("resmlp", rival_cfg, seed=cfg.seed + 1)
         )
         every = cfg.eval_every if steps == cfg.steps else steps  # budget probes: final loss only
         tc_big = TrainConfig(steps=steps, lr=lr, eval_every=every, seed=cfg.seed + 7)
@@ -122,6 +127,7 @@ def _run(tmp: Path, cfg: DemoConfig, progress: bool) -> dict:
         "method": cfg.method,
         "small_config": small_cfg.__dict__,
         "grown_config": big_cfg.__dict__,
+        "scratch_config": rival_cfg.__dict__,
         "growth": report.to_dict(),
         **compare_runs(small_hist, grown_hist, scratch_hist, small_cost=small_cost),
         **budget_speedup(

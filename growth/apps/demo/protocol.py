@@ -20,11 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
+from growth.engine import plan_growth
 from growth.formats.outdir import write_directory
+from growth.models import get_family, grown_config
 from growth.tasks.train import History, speedup_curve, steps_to_target
 
 #: budgets probed by :func:`budget_speedup`, as fractions of the whole budget
@@ -34,6 +37,23 @@ BUDGET_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def n_params(tree) -> int:
     """Number of scalars in a params pytree."""
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def scratch_config(
+    family: str, config: Any, params: Any, *, width: dict[str, int], depth: dict[str, int]
+) -> Any:
+    """Config of the same-size model trained from scratch, the grown model's rival.
+
+    The family's config at the grown sizes under balanced (copy) growth of ``config``: the
+    width multipliers muP gives a model of these widths with the small model as base (a tied
+    readout's multiplier times ``n / N``, as for a copy-grown model), and none of a growth
+    method's own adjustments (``plastic``'s stream scale sets eps x a^2 and a tied readout's
+    multiplier / a: exact for the grown weights, a handicap for a fresh init). Widths should be
+    multiples of the source's (a padded map would also rescale eps).
+    """
+    fam = get_family(family)
+    plan = plan_growth(params, fam.spec(config), width=width, depth=depth, method="copy")
+    return grown_config(fam, config, plan)
 
 
 def best_of_sweep(run: Callable[[float], History], lrs: Sequence[float]) -> tuple[History, dict]:
