@@ -67,3 +67,27 @@ def test_best_of_sweep_takes_the_lowest_final_loss():
     hist, sweep = best_of_sweep(lambda lr: _hist(abs(lr - 0.02)), (0.01, 0.03, 0.1))
     assert sweep["lr"] in (0.01, 0.03) and hist.test_loss[-1] == pytest.approx(0.01)
     assert sweep["final_test_loss"]["0.1"] == pytest.approx(0.08)
+
+
+def test_scratch_config_is_the_muP_model_without_a_methods_stream_scale():
+    """The rival of a grown decoder: muP's readout multiplier for its width (n/N, as a copy-grown
+    model has) and the family's eps; plastic's grown config (readout / a, eps a^2) is not it."""
+    from flax import nnx
+
+    from growth.apps.demo.protocol import scratch_config
+    from growth.engine import plan_growth
+    from growth.models import get_family, grown_config, params_of
+    from growth.models.decoder import Decoder, DecoderConfig
+
+    c = DecoderConfig(vocab=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=16,
+                      max_len=8, tied=True)  # fmt: skip
+    p = params_of(Decoder(c, rngs=nnx.Rngs(0)))
+    width, depth = {"d": 16, "ff": 32, "kv": 2}, {"blocks": 2}
+    rival = scratch_config("decoder", c, p, width=width, depth=depth)
+    assert (rival.d_model, rival.d_ff, rival.n_layers) == (16, 32, 2)
+    assert rival.readout_mult == pytest.approx(c.readout_mult * 8 / 16) and rival.eps == c.eps
+    plan = plan_growth(p, get_family("decoder").spec(c), width=width, depth=depth,
+                       method="plastic")  # fmt: skip
+    grown = grown_config("decoder", c, plan)
+    assert grown.readout_mult == pytest.approx(rival.readout_mult / 0.1)  # the stream scale's
+    assert grown.eps == pytest.approx(rival.eps * 0.01)
