@@ -130,6 +130,20 @@ def test_rc_tie_detects_a_planted_tie_and_not_an_absent_one() -> None:
         rc_tie(np.zeros((3, 4)), np.zeros((5, 2)), jax.random.key(0))
 
 
+def test_rc_tie_of_a_constant_side_is_defined_and_not_a_tie() -> None:
+    """A zeroed outgoing kernel (every norm equal): the null has no spread, so z = 0 and p = 1
+    (JSON-safe, no NaN); the same incoming kernel with a tied outgoing one is rejected."""
+    rng = np.random.default_rng(2)
+    w_in = rng.normal(size=(8, 40))
+    for w_out in (np.zeros((40, 3)), np.ones((40, 3))):
+        tie = rc_tie(w_in, w_out, jax.random.key(0), 50)
+        assert tie.z == 0.0 and tie.p == 1.0 and tie.shuffled_sd == 0.0, tie
+        json.dumps(tie.to_dict(), allow_nan=False)
+    s = np.linalg.norm(w_in, axis=0)
+    tied = rc_tie(w_in, s[:, None] * np.ones((40, 3)), jax.random.key(0), 50)
+    assert np.isfinite(tied.z) and tied.z > 3 and tied.p <= 0.05, tied
+
+
 def test_controls_are_shape_preserving_transforms() -> None:
     w = jnp.arange(12.0).reshape(3, 4)
     r = resample_entries_iid(w, jax.random.key(0))

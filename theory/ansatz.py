@@ -108,6 +108,10 @@ def rc_tie(w_in: ArrayLike, w_out: ArrayLike, key: jax.Array, num_shuffles: int 
 
     A trained network whose units are whole RC atoms has ``rho`` clearly away from the shuffled
     null (measured ~0.6, width-stable); the shuffled mean is ~0 (``|.| < 3/sqrt(n)``).
+
+    Degenerate case: when every shuffle gives the same rho (``sd = 0``: one side's norms are
+    all equal, e.g. a zeroed ``w_out``, so every rank correlation is 0) the pairing carries no
+    information: ``z = 0`` and ``p = 1`` (never NaN, which JSON cannot hold).
     """
     w_in, w_out = np.asarray(w_in, np.float64), np.asarray(w_out, np.float64)
     if w_in.ndim != 2 or w_out.ndim != 2 or w_in.shape[1] != w_out.shape[0]:
@@ -127,9 +131,10 @@ def rc_tie(w_in: ArrayLike, w_out: ArrayLike, key: jax.Array, num_shuffles: int 
     )
     null = _pearson_rows(ra, rc[perms])
     mean, sd = float(null.mean()), float(null.std(ddof=1))
-    z = (paired - mean) / sd if sd > 0 else float("inf") * np.sign(paired - mean)
+    if sd == 0:  # no spread under H0 (one side constant, e.g. a zeroed kernel): no evidence
+        return RCTie(paired, mean, 0.0, 0.0, n, 1.0)
     p = (1 + int(np.sum(np.abs(null) >= abs(paired) - 1e-12))) / (num_shuffles + 1)
-    return RCTie(paired, mean, sd, float(z), n, float(p))
+    return RCTie(paired, mean, sd, float((paired - mean) / sd), n, float(p))
 
 
 # ---------------------------------------------------------------------------------------------
