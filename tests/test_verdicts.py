@@ -1,5 +1,7 @@
 """Declared guarantees (growth.guarantee) and the verdicts built on them: every growth's bound,
-``function_preserving`` proved or measured, post-LN BERT padding refused, bf16 rounding."""
+``function_preserving`` proved or measured, post-LN BERT padding refused, bf16 rounding; the
+positive control of ``grow analyze`` and its false-positive rate; ``grow track``'s verdict under
+a wrong optimizer rule."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import model_fn, random_params, rel_err
+from conftest import mlp_apply, model_fn, random_params, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_hf_decoder import write_llama
 
+from growth.apps.analyze.verdicts import exit_code, positive_control
 from growth.engine import apply_plan, grow, plan_growth
 from growth.errors import GrowthError
 from growth.formats import hf
@@ -172,3 +175,86 @@ def test_bf16_llama_with_noise_does_not_claim_the_function(tmp_path):
     assert copy.report.function_preserving and copy.report.max_rel_output_error < 1e-5
     _, _, exact = hf.grow_params(bf16, config, spec, width="x2", method="exact")
     assert not exact.report.function_preserving and exact.report.max_rel_output_error > 1e-3
+
+
+# --- the positive control of grow analyze ---------------------------------------------------
+
+
+def _control(params: dict, cfg, **kw) -> dict:
+    """The positive control on ``h1`` of a tanh MLP, error = relative logit error against
+    ``params``'s own logits."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(64, cfg.input_dim)), jnp.float32)
+    ref = mlp_apply(params, x, "tanh")
+
+    def error(p: dict) -> float:
+        return rel_err(mlp_apply(p, x, "tanh"), ref)
+
+    return positive_control(params, MLP.spec(cfg), error, space="h1", n=cfg.hidden[0],
+                            leaf=("layers", 1, "kernel"), **kw)  # fmt: skip
+
+
+def test_positive_control_passes_on_units_and_is_calibrated_on_destroyed_copies():
+    """Must pass: a network whose output is a sum over its h1 units. Destroyed copies (a fresh
+    one per draw) pass at about the level: <= 3 of 20 independent arms (ALPHA = 0.05)."""
+    cfg = MLP.config(input_dim=6, hidden=(32,), num_classes=3, activation="tanh")
+    pc = _control(random_params("mlp", cfg, 1), cfg, draws=8, seed=0, repeats=20)
+    assert pc["trained"]["passed"] and pc["trained"]["lower_bound"] > 0.1, pc
+    assert pc["destroyed_repeats"] == 20 and pc["false_positive_rate"] <= 0.15, pc
+    assert exit_code({"positive_control": pc, "identities": {}}) == 0
+
+
+def test_positive_control_fails_where_units_carry_nothing():
+    """Must fail: the outgoing kernel zeroed (no unit carries any function), and the exit code
+    when destroyed copies pass too often (the control is then uninformative)."""
+    cfg = MLP.config(input_dim=6, hidden=(32,), num_classes=3, activation="tanh")
+    params = random_params("mlp", cfg, 1)
+    zeroed = {**params["layers"][1], "kernel": np.zeros((32, 3), np.float32)}
+    dead = {"layers": {**params["layers"], 1: zeroed}}
+    pc = _control(dead, cfg, draws=4, seed=0, repeats=1)
+    assert not pc["trained"]["passed"], pc
+    assert exit_code({"positive_control": pc, "identities": {}}) == 1
+    leaky = {**_control(params, cfg, draws=4, seed=0, repeats=1), "false_positive_rate": 0.5}
+    assert exit_code({"positive_control": leaky, "identities": {}}) == 1
+    with pytest.raises(GrowthError, match="repeats=0"):
+        _control(params, cfg, draws=4, seed=0, repeats=0)
+
+
+# --- the wrong optimizer rule ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uneven_copy(tmp_path_factory):
+    """An MLP checkpoint copy-grown h1 x2, h2 x3 (its source recorded beside it)."""
+    from growth.apps.commands import grow_checkpoint
+    from growth.formats.checkpoint import save_checkpoint
+    from growth.models import config_to_dict, init_model, params_of
+
+    root = tmp_path_factory.mktemp("rule")
+    cfg = MLP.config(input_dim=40, hidden=(16, 24), num_classes=10)
+    meta = {"family": "mlp", "config": config_to_dict(cfg), "dataset": "mnist1d"}
+    save_checkpoint(root / "src", params_of(init_model("mlp", cfg, 0)), meta)
+    path, _ = grow_checkpoint(root / "src", root / "big", width="h1=x2,h2=x3", depth="",
+                              method="copy")  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("optimizer, parametrization, passes", [
+    ("sgd", "mf", True),  # SGD factors r_out / r_in: the copies follow the source
+    ("sgd", "mup", False),  # muP's hidden SGD factor 1 is r_out / r_in only when r_in = r_out
+    ("adam", "mup", True),  # muP-Adam: factors 1 / r_in
+    ("adam", "sp", False),  # SP: one Adam rate for every leaf, the 1 / r_in factors dropped
+])  # fmt: skip
+def test_track_verdict_fails_under_a_wrong_optimizer_rule(
+    uneven_copy, optimizer, parametrization, passes
+) -> None:
+    """``grow track``'s verdict on a copy-grown checkpoint trained under a given LR rule: the
+    mean-field rule passes, a wrong rule in its place fails (the right arm's gap > tol); the
+    controls (global LR, unscaled eps, coupled decay) are the same check's other must-fails
+    (tests/test_track.py)."""
+    from growth.apps.track import track_checkpoint
+
+    res = track_checkpoint(uneven_copy, steps=20, optimizer=optimizer,
+                           parametrization=parametrization)  # fmt: skip
+    assert res["passed"] is passes, res["gaps"]
+    if not passes:
+        assert res["gaps"]["right"] > 100 * res["tol"], res["gaps"]

@@ -31,8 +31,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from growth.apps.analyze.native import _forward, tie_lines, verdict_lines, write_outputs
-from growth.apps.analyze.verdicts import ALPHA, exit_code, identity, space_control, tie_verdict
+from growth.apps.analyze.native import _forward
+from growth.apps.analyze.report import outputs_line, tie_lines, verdict_lines, write_outputs
+from growth.apps.analyze.verdicts import (
+    ALPHA,
+    balanced_identity,
+    exit_code,
+    identity,
+    positive_control,
+    tie_verdict,
+)
 from growth.errors import GrowthError
 from growth.formats.hf.decoder import load_decoder
 from growth.formats.hf.io import DECODERS
@@ -101,9 +109,11 @@ def analyze_decoder(
     draws: int = 8,
     num_shuffles: int = 200,
     seed: int = 0,
+    control_repeats: int = 4,
 ) -> dict:
     """RC diagnostics of the HF decoder directory ``path`` (see the module doc); ``draws`` >= 2
-    paired draws of the positive control. Returns a JSON-able dict; writes ``analysis.json``
+    paired draws of the positive control, ``control_repeats`` >= 1 arms of destroyed copies
+    measure its false-positive rate. Returns a JSON-able dict; writes ``analysis.json``
     and ``analysis.png`` to ``out_dir`` when given."""
     if draws < 2:
         raise GrowthError(f"draws={draws}: need >= 2 paired draws for the positive control")
@@ -138,17 +148,16 @@ def analyze_decoder(
                                 num_shuffles).to_dict()  # fmt: skip
             if space == "heads":
                 norms[name] = unit_norms(w_in, w_out)
-    control, balanced = space_control(
-        params, spec, error, space="ff", n=n_ff, leaf=("blocks", "w_down"), draws=draws,
-        seed=seed,
-    )  # fmt: skip
     verdicts = {
         "rc_tie": {s: tie_verdict(t) for s, t in ties.items()},
-        "positive_control": control,
+        "positive_control": positive_control(params, spec, error, space="ff", n=n_ff,
+                                             leaf=("blocks", "w_down"), draws=draws,
+                                             seed=seed, repeats=control_repeats),  # fmt: skip
         "identities": {
             "unit_permutation": identity("whole-unit permutation of ff@layer0 keeps the logits",
                                          error(permute_ff(params, 0, k_perm)), 0.0),  # fmt: skip
-            "balanced_gap": balanced,
+            "balanced_gap": balanced_identity(params, spec, error, space="ff", n=n_ff,
+                                              seed=seed),  # fmt: skip
         },
     }
     result = {
@@ -218,7 +227,6 @@ def format_decoder_report(r: dict) -> str:
         "",
         *tie_lines(r["rc_tie"]),
         *verdict_lines(r["verdicts"]),
+        *outputs_line(r),
     ]
-    if "out" in r:
-        lines.append(f"\nwrote {r['out']}/analysis.json, analysis.png")
     return "\n".join(lines)

@@ -24,20 +24,27 @@ LayerNorm of the post-LN stack, so iid resampling of it is not a width-sampling 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
 
-from growth.apps.analyze.native import (
-    BALANCED,
-    IID_WIDTH,
-    fit_lines,
+from growth.apps.analyze.report import (
+    lln_lines,
+    outputs_line,
     tie_lines,
     verdict_lines,
     write_outputs,
 )
-from growth.apps.analyze.verdicts import exit_code, identity, space_control, tie_verdict
+from growth.apps.analyze.verdicts import (
+    BALANCED,
+    IID_WIDTH,
+    balanced_identity,
+    exit_code,
+    identity,
+    positive_control,
+    tie_verdict,
+)
 from growth.engine import grow
 from growth.errors import GrowthError
 from growth.formats import hf
@@ -51,7 +58,7 @@ from theory.ansatz import (
     resample_units,
 )
 
-__all__ = ["SENTENCES", "analyze_hf", "format_hf_report"]
+__all__ = ["SENTENCES", "analyze_hf", "embedding_error", "format_hf_report"]
 
 
 def _ff_unit(layers: dict, l: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,6 +85,22 @@ def _head_units(layers: dict, l: int) -> tuple[np.ndarray, np.ndarray]:
     return qkv.reshape(H, -1).T, o.reshape(H, -1)
 
 
+def embedding_error(
+    path: str | os.PathLike, params: dict, config: dict, sentences: Sequence[str]
+) -> Callable[[dict], tuple[float, np.ndarray]]:
+    """``p -> (1 - mean_s cos(e_s, e'_s), e')``: the embedding error of BERT params ``p`` (any
+    ``ff``) against ``params`` on ``sentences`` (tokenised with ``path``'s tokenizer), and the
+    embeddings ``e' [S, d]``."""
+    ids, mask = bert.tokenize(path, list(sentences))
+    e0 = bert.encode(params, config, ids, mask)
+
+    def error(p: dict) -> tuple[float, np.ndarray]:
+        e = bert.encode(p, config, ids, mask)
+        return float(1.0 - np.mean(np.sum(e * e0, -1))), e
+
+    return error
+
+
 def analyze_hf(
     path: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -88,11 +111,14 @@ def analyze_hf(
     control_layer: int = 0,
     sentences: Sequence[str] = SENTENCES,
     seed: int = 0,
+    control_repeats: int = 4,
 ) -> dict:
     """RC diagnostics of the HF BERT checkpoint directory ``path`` (see the module doc).
 
-    draws >= 2 iid growths per factor; factors: >= 3 distinct growth factors k >= 1 of ``ff``.
-    Returns a JSON-able dict; writes ``analysis.json`` and ``analysis.png`` to ``out_dir``.
+    draws >= 2 iid growths per factor and paired draws of the positive control
+    (``control_repeats`` >= 1 arms of destroyed copies measure its false-positive rate);
+    factors: >= 3 distinct growth factors k >= 1 of ``ff``. Returns a JSON-able dict; writes
+    ``analysis.json`` and ``analysis.png`` to ``out_dir``.
     """
     if draws < 2:
         raise GrowthError(f"draws={draws}: need >= 2 draws per width for a spread")
@@ -110,13 +136,7 @@ def analyze_hf(
     L = layers["ff1_w"].shape[0]
     if not 0 <= control_layer < L:
         raise GrowthError(f"control_layer={control_layer}: expected 0..{L - 1}")
-    ids, mask = bert.tokenize(path, list(sentences))
-    e0 = bert.encode(params, config, ids, mask)
-
-    def error(p: dict) -> tuple[float, np.ndarray]:
-        e = bert.encode(p, config, ids, mask)
-        return float(1.0 - np.mean(np.sum(e * e0, -1))), e
-
+    error = embedding_error(path, params, config, sentences)
     key = jax.random.key(seed)
     k_tie, k_ctl, k_grow = jax.random.split(key, 3)
     ties = {}
@@ -147,7 +167,7 @@ def analyze_hf(
     }
 
     n_ff = int(layers["ff1_w"].shape[1])
-    verdicts = _verdicts(params, spec, error, n_ff, draws, seed, controls, ties)
+    verdicts = _verdicts(params, spec, error, n_ff, draws, seed, controls, ties, control_repeats)
     widths, mean_gap, emb_sd, balanced = [], [], [], []
     for k in factors:
         target = {"ff": k * n_ff}
@@ -205,36 +225,37 @@ def analyze_hf(
 
 
 def _verdicts(params: dict, spec, error, n_ff: int, draws: int, seed: int, controls: dict,
-              ties: dict, k: int = 8) -> dict:  # fmt: skip
+              ties: dict, repeats: int, k: int = 8) -> dict:  # fmt: skip
     """Verdicts (:mod:`.verdicts`) on the embedding error: the RC-tie tests, the positive
     control on ``ff`` (iid growth of every layer's ``ff`` to ``k ff`` vs entrywise resampling
-    of every ``ff2_w``) on the model and on a destroyed copy (``ff2_w`` resampled entrywise),
-    and the identities (whole-unit permutation, balanced growth)."""
-    control, balanced = space_control(
-        params, spec, lambda p: error(p)[0], space="ff", n=n_ff, leaf=("layers", "ff2_w"),
-        draws=draws, seed=seed, k=k,
-    )  # fmt: skip
+    of every ``ff2_w``) on the model and on ``repeats`` arms of fresh destroyed copies
+    (``ff2_w`` resampled entrywise), and the identities (whole-unit permutation, balanced
+    growth)."""
+
+    def err(p: dict) -> float:
+        return error(p)[0]
+
     return {
         "rc_tie": {s: tie_verdict(t) for s, t in ties.items()},
-        "positive_control": control,
+        "positive_control": positive_control(params, spec, err, space="ff", n=n_ff,
+                                             leaf=("layers", "ff2_w"), draws=draws, seed=seed,
+                                             k=k, repeats=repeats),  # fmt: skip
         "identities": {
             "unit_permutation": identity("whole-unit permutation keeps the embeddings",
                                          controls["unit_permutation"], 0.0),  # fmt: skip
-            "balanced_gap": balanced,
+            "balanced_gap": balanced_identity(params, spec, err, space="ff", n=n_ff, seed=seed),
         },
     }
 
 
 def format_hf_report(r: dict) -> str:
     """Readable text report of :func:`analyze_hf`'s result."""
-    c, lln = r["controls"], r["lln"]
+    c = r["controls"]
     lines = [
         f"HF checkpoint {r['checkpoint']} (sizes {r['sizes']}), {r['sentences']} sentences",
         "embedding error = 1 - mean cosine to the source's sentence embeddings",
         "",
         *tie_lines(r["rc_tie"]),
-    ]
-    lines += [
         "",
         f"negative controls on {c['space']!r} (embedding error)",
         f"  FFN output zeroed          {c['ffn_removed']:.4g}   (reference: the layer removed)",
@@ -242,17 +263,12 @@ def format_hf_report(r: dict) -> str:
         f"  column-only permutation    {c['column_permutation']:.4g}",
         f"  whole-unit permutation     {c['unit_permutation']:.4g}   (keeps the function)",
         f"  whole-unit bootstrap (k=1) {c['unit_bootstrap']:.4g}",
-        "",
-        f"LLN of iid growth of ff ({lln['draws']} draws per width)",
-        f"  {'k':>3} {'N':>6} {'mean err':>10} {'sd emb':>10} {'balanced':>10}",
     ]
-    for i, k in enumerate(lln["factors"]):
-        lines.append(
-            f"  {k:>3} {lln['widths'][i]:>6} {lln['mean_abs_gap'][i]:>10.4g} "
-            f"{lln['embedding_sd'][i]:>10.4g} {lln['balanced_gap'][i]:>10.2g}"
-        )
+    columns = (("mean err", "mean_abs_gap", ".4g"), ("sd emb", "embedding_sd", ".4g"),
+               ("balanced", "balanced_gap", ".2g"))  # fmt: skip
     fits = (
         ("mean error", "gap_fit", "-1: 1 - cos is quadratic in an O(N^-1/2) error; 0: bias"),
         ("sd of embeddings", "sd_fit", "-0.5"),
     )
-    return "\n".join(lines + fit_lines(r, fits) + verdict_lines(r["verdicts"]))
+    lines += lln_lines(r, "ff", columns, fits)
+    return "\n".join(lines + outputs_line(r) + verdict_lines(r["verdicts"]))

@@ -20,12 +20,8 @@ On the checkpoint's dataset (test split) it measures (DESIGN 2.7, theory notes T
 from __future__ import annotations
 
 import functools
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -33,15 +29,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from growth.apps.analyze.report import (
+    lln_lines,
+    outputs_line,
+    tie_lines,
+    verdict_lines,
+    write_outputs,
+)
 from growth.apps.analyze.verdicts import (
-    ALPHA,
     BALANCED,
     IID_WIDTH,
     exit_code,
     identity,
+    positive_control,
     tie_false_positive_rate,
     tie_verdict,
-    unit_control,
 )
 from growth.apps.commands import load_model
 from growth.engine import grow
@@ -105,60 +107,20 @@ def _loss(logits: jax.Array, y: jax.Array) -> float:
     return float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
 
 
-def _write_plot(path: Path, lln: dict, gap_label: str, sd_key: str, sd_label: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    N = np.asarray(lln["widths"], float)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for key, label, fit in (
-        ("mean_abs_gap", f"iid: {gap_label}", lln["gap_fit"]),
-        (sd_key, f"iid: {sd_label}", lln["sd_fit"]),
-    ):
-        ax.loglog(N, lln[key], "o-", label=f"{label} (slope {fit['slope']:.2f})")
-    bal = np.maximum(np.abs(np.asarray(lln["balanced_gap"], float)), 1e-9)
-    ax.loglog(N, bal, "s--", label=f"balanced copy: {gap_label} (floored 1e-9)")
-    ax.set_xlabel("grown width N (first space)")
-    ax.set_ylabel("gap / spread")
-    ax.set_title("LLN of iid growth")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+# the positive control's space and the path of its outgoing kernel (every block stacked)
+_CONTROL = {"mlp": ("h1", ("layers", 1, "kernel")), "resmlp": ("h", ("w2",))}
 
 
-def write_outputs(
-    out_dir: str | os.PathLike,
-    result: dict,
-    *,
-    gap_label: str = "E|loss gap|",
-    sd_key: str = "logit_sd",
-    sd_label: str = "sd of logits",
-    plot: Callable[[Path, dict], None] | None = None,
-) -> Path:
-    """Write analysis.json + analysis.png (``plot(png_path, result)`` when given, else the LLN
-    plot of ``result["lln"]``: its ``mean_abs_gap``, ``sd_key`` and ``balanced_gap`` against
-    ``widths``) into a temp dir, then move them into ``out_dir``."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        (tmp / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
-        if plot is not None:
-            plot(tmp / "analysis.png", result)
-        else:
-            _write_plot(tmp / "analysis.png", result["lln"], gap_label, sd_key, sd_label)
-        if not out.exists():
-            os.rename(tmp, out)
-        else:
-            for name in ("analysis.json", "analysis.png"):
-                os.replace(tmp / name, out / name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+def _loss_of(family: str, config: Any, x: jax.Array, y: jax.Array) -> Callable[[dict], float]:
+    """``params -> test loss`` for params of ``config``'s family at any width (sizes read from
+    the params)."""
+    fam = get_family(family)
+    spec = fam.spec(config)
+
+    def loss(p: dict) -> float:
+        return _loss(_forward(family, fam.resize(config, spec.resolve(p).sizes))(p, x), y)
+
+    return loss
 
 
 def analyze_checkpoint(
@@ -170,10 +132,12 @@ def analyze_checkpoint(
     num_shuffles: int = 200,
     fpr_trials: int = 40,
     seed: int = 0,
+    control_repeats: int = 4,
 ) -> dict:
     """RC-ansatz diagnostics of the MLP / resmlp checkpoint at ``path`` (see the module doc),
     with verdicts (:mod:`.verdicts`; ``fpr_trials`` null layers per space measure the RC-tie
-    test's false-positive rate).
+    test's false-positive rate; ``control_repeats`` arms of destroyed copies measure the
+    positive control's).
 
     draws: iid growth draws per width (>= 2). factors: growth factors k (>= 3 distinct, > 0),
     N = k n for every grown space. Returns a JSON-able dict; writes ``analysis.json`` and
@@ -238,7 +202,11 @@ def analyze_checkpoint(
         "rc_tie_false_positive_rate": tie_false_positive_rate(
             shapes, jax.random.fold_in(key, 7), trials=fpr_trials, num_shuffles=num_shuffles
         ),
-        "positive_control": _positive_control(family, config, params, x, y, draws, seed),
+        "positive_control": positive_control(
+            params, spec, _loss_of(family, config, x, y), space=_CONTROL[family][0],
+            n=resolved.sizes[_CONTROL[family][0]], leaf=_CONTROL[family][1], draws=draws,
+            seed=seed, repeats=control_repeats,
+        ),  # fmt: skip
         "identities": {
             "unit_permutation": identity("whole-unit permutation keeps the loss",
                                          controls["unit_permutation"], loss),  # fmt: skip
@@ -311,67 +279,15 @@ def analyze_checkpoint(
     return result
 
 
-_CONTROL_SPACE = {"mlp": ("h1", ("layers", 1, "kernel")), "resmlp": ("h", ("w2",))}
-
-
-def _positive_control(
-    family: str, config: Any, params: dict, x: jax.Array, y: jax.Array, draws: int, seed: int,
-    k: int = 8, destroyed_copies: int = 4,
-) -> dict:  # fmt: skip
-    """Units vs entries (:func:`.verdicts.unit_control`) on the network and on
-    ``destroyed_copies`` copies with the control space's outgoing kernel resampled entrywise;
-    the fraction of destroyed copies that pass is the control's measured false-positive rate."""
-    fam = get_family(family)
-    space, out_path = _CONTROL_SPACE[family]
-    part = (out_path, None)
-    n = fam.spec(config).resolve(params).sizes[space]
-    g_fwd = _forward(family, fam.resize(config, {space: k * n}))
-    fwd = _forward(family, config)
-    key = jax.random.key(seed + 101)
-
-    def run(p: dict, salt: int) -> dict:
-        w = _get(p, part)
-
-        def units(d: int) -> float:
-            g, _ = grow(p, fam.spec(config), width={space: k * n}, method=IID_WIDTH,
-                        key=jax.random.fold_in(key, 10_000 * salt + d))  # fmt: skip
-            return _loss(g_fwd(g, x), y)
-
-        def entries(d: int) -> float:
-            w2 = resample_entries_iid(w, jax.random.fold_in(key, 10_000 * salt + 5000 + d))
-            return _loss(fwd(_set(p, part, w2), x), y)
-
-        return unit_control(units, entries, draws, seed + salt)
-
-    destroyed = [
-        run(_set(params, part, resample_entries_iid(_get(params, part),
-                                                    jax.random.fold_in(key, 99 + c))), c + 1)
-        for c in range(destroyed_copies)
-    ]  # fmt: skip
-    return {
-        "kind": "test",
-        "space": space,
-        "null": f"whole-unit resampling of {space!r} (iid growth to {k} n) keeps the loss no "
-        "better than entrywise resampling",
-        "threshold": f"bootstrap lower {1 - ALPHA:.0%} bound of mean(loss_entries - loss_units)"
-        " > 0",
-        "trained": run(params, 0),
-        "destroyed": destroyed[0],
-        "false_positive_rate": float(np.mean([d["passed"] for d in destroyed])),
-    }
-
-
 def format_report(r: dict) -> str:
     """Readable text report of :func:`analyze_checkpoint`'s result."""
-    c, lln = r["controls"], r["lln"]
+    c = r["controls"]
     lines = [
         f"checkpoint {r['checkpoint']} ({r['family']}, sizes {r['sizes']}) on {r['dataset']} test",
         f"test loss {r['test_loss']:.4f}  acc {r['test_acc']:.3f}  "
         f"(untrained init loss {c['init_loss']:.4f})",
         "",
         *tie_lines(r["rc_tie"]),
-    ]
-    lines += [
         "",
         f"negative controls on {c['space']!r} (test loss; trained {r['test_loss']:.4f}, "
         f"init {c['init_loss']:.4f})",
@@ -380,74 +296,12 @@ def format_report(r: dict) -> str:
         f"  whole-unit permutation     {c['unit_permutation']:.4f}   (keeps the function)",
         f"  whole-unit bootstrap (k=1) {c['unit_bootstrap']:.4f}   "
         "(keeps the RC structure; SP/muP sources: O(1) init-component error at k=1)",
-        "",
-        f"LLN of iid growth of {lln['spaces']} ({lln['draws']} draws per width)",
-        f"  {'k':>3} {'N':>6} {'E|gap|':>10} {'sd gap':>10} {'sd logits':>10} {'balanced':>10}",
     ]
-    for i, k in enumerate(lln["factors"]):
-        lines.append(
-            f"  {k:>3} {lln['widths'][i]:>6} {lln['mean_abs_gap'][i]:>10.4g} "
-            f"{lln['gap_sd'][i]:>10.4g} {lln['logit_sd'][i]:>10.4g} {lln['balanced_gap'][i]:>10.2g}"
-        )
+    columns = (("E|gap|", "mean_abs_gap", ".4g"), ("sd gap", "gap_sd", ".4g"),
+               ("sd logits", "logit_sd", ".4g"), ("balanced", "balanced_gap", ".2g"))  # fmt: skip
     fits = (
         ("E|gap|", "gap_fit", "-1 for MF sources; SP/muP sources keep an O(1/k) bias"),
         ("sd of logits", "sd_fit", "-0.5"),
     )
-    return "\n".join(lines + fit_lines(r, fits) + verdict_lines(r["verdicts"]))
-
-
-def verdict_lines(v: dict) -> list[str]:
-    """The verdicts block of a report (see :mod:`.verdicts`)."""
-    pc = v["positive_control"]
-    lines = ["", f"verdicts (alpha = {ALPHA})"]
-    for s, t in v["rc_tie"].items():
-        lines.append(f"  RC tie {s:<12} p = {t['p']:.3f}: {t['verdict']}  (H0: {t['null']})")
-    if "rc_tie_false_positive_rate" in v:
-        lines.append(f"  RC tie false-positive rate on iid Gaussian layers: "
-                     f"{v['rc_tie_false_positive_rate']:.3f}")  # fmt: skip
-    tr, de = pc["trained"], pc["destroyed"]
-    lines += [
-        f"  positive control ({pc['null']}; pass: {pc['threshold']})",
-        f"    this network: mean {tr['mean_difference']:.4f}, lower {tr['lower_bound']:.4f}: "
-        f"{'pass' if tr['passed'] else 'FAIL'}",
-        f"    destroyed copy: mean {de['mean_difference']:.4f}, lower {de['lower_bound']:.4f}: "
-        f"{'pass (control uninformative)' if de['passed'] else 'fail, as it must'}"
-        + (f"; false-positive rate {pc['false_positive_rate']:.2f}"
-           if "false_positive_rate" in pc else ""),
-    ]  # fmt: skip
-    for i in v["identities"].values():
-        lines.append(f"  identity: {i['what']}: gap {i['relative_gap']:.2g} {i['verdict']} "
-                     "(by construction, not evidence)")  # fmt: skip
-    if "lln_sd_slope" in v:
-        s = v["lln_sd_slope"]
-        lines.append(f"  LLN spread slope: {s['verdict']} ({s['note']})")
-    return lines
-
-
-def tie_lines(ties: dict) -> list[str]:
-    """The RC-tie table of a report (space -> ``RCTie.to_dict()``)."""
-    w = max([12, *(len(s) for s in ties)])
-    lines = [
-        "RC tie: Spearman(||incoming_i||, ||outgoing_i||) over units, paired vs shuffled",
-        f"  {'space':<{w}} {'n':>5} {'paired':>8} {'shuf mean':>10} {'shuf sd':>8} {'z':>7}",
-    ]
-    for s, t in ties.items():
-        lines.append(
-            f"  {s:<{w}} {t['n']:>5} {t['paired']:>8.3f} {t['shuffled_mean']:>10.3f} "
-            f"{t['shuffled_sd']:>8.3f} {t['z']:>7.2f}"
-        )
-    return lines
-
-
-def fit_lines(r: dict, fits: tuple[tuple[str, str, str], ...]) -> list[str]:
-    """The LLN slope lines ``(label, key in r["lln"], expectation)`` and where outputs went."""
-    lines = []
-    for name, key, expect in fits:
-        f = r["lln"][key]
-        lines.append(
-            f"  slope of {name} vs N: {f['slope']:.3f}  95% CI [{f['ci'][0]:.3f}, "
-            f"{f['ci'][1]:.3f}]  (expected {expect})"
-        )
-    if "out" in r:
-        lines.append(f"\nwrote {r['out']}/analysis.json, analysis.png")
-    return lines
+    lines += lln_lines(r, str(r["lln"]["spaces"]), columns, fits)
+    return "\n".join(lines + outputs_line(r) + verdict_lines(r["verdicts"]))
