@@ -4,7 +4,10 @@
 - :mod:`.hf`: a Hugging Face BERT directory (e.g. all-MiniLM-L6-v2), measured on its sentence
   embeddings;
 - :mod:`.decoder`: a Hugging Face GPT-2 / Llama / Mistral / Qwen2 directory, measured by the
-  relative logit error on fixed probe tokens.
+  relative logit error on fixed probe tokens;
+
+shared by all three: :mod:`.verdicts` (null hypotheses, thresholds, the positive control),
+:mod:`.lln` (the LLN fit of iid growth) and :mod:`.report` (text reports, output files).
 
 :func:`analyze` picks the reader from what the path holds.
 """

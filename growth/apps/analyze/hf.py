@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from growth.apps.analyze.lln import check_sampling, iid_lln
 from growth.apps.analyze.report import (
     lln_lines,
     outputs_line,
@@ -37,21 +38,17 @@ from growth.apps.analyze.report import (
     write_outputs,
 )
 from growth.apps.analyze.verdicts import (
-    BALANCED,
-    IID_WIDTH,
     balanced_identity,
     exit_code,
     identity,
     positive_control,
     tie_verdict,
 )
-from growth.engine import grow
 from growth.errors import GrowthError
 from growth.formats import hf
 from growth.formats.hf import bert_forward as bert
 from growth.formats.hf.bert_forward import SENTENCES
 from theory.ansatz import (
-    loglog_slope,
     permute_columns,
     rc_tie,
     resample_entries_iid,
@@ -120,11 +117,7 @@ def analyze_hf(
     factors: >= 3 distinct growth factors k >= 1 of ``ff``. Returns a JSON-able dict; writes
     ``analysis.json`` and ``analysis.png`` to ``out_dir``.
     """
-    if draws < 2:
-        raise GrowthError(f"draws={draws}: need >= 2 draws per width for a spread")
-    factors = sorted({int(k) for k in factors})
-    if len(factors) < 3 or factors[0] < 1:
-        raise GrowthError(f"factors={factors}: need >= 3 distinct positive growth factors")
+    factors = check_sampling(draws, factors)
     params, config, spec = hf.load_hf(path)
     if config.get("model_type") != "bert":
         raise GrowthError(
@@ -168,32 +161,8 @@ def analyze_hf(
 
     n_ff = int(layers["ff1_w"].shape[1])
     verdicts = _verdicts(params, spec, error, n_ff, draws, seed, controls, ties, control_repeats)
-    widths, mean_gap, emb_sd, balanced = [], [], [], []
-    for k in factors:
-        target = {"ff": k * n_ff}
-        errs, embs = [], []
-        for d in range(draws):
-            g, _ = grow(params, spec, width=target, method=IID_WIDTH,
-                        key=jax.random.fold_in(k_grow, 1000 * k + d))  # fmt: skip
-            err, e = error(jax.tree_util.tree_map(np.asarray, g))
-            errs.append(err)
-            embs.append(e)
-        b, _ = grow(params, spec, width=target, method=BALANCED, key=seed)
-        widths.append(k * n_ff)
-        mean_gap.append(float(np.mean(errs)))
-        emb_sd.append(float(np.std(np.stack(embs), axis=0, ddof=1).mean()))
-        balanced.append(error(jax.tree_util.tree_map(np.asarray, b))[0])
-    lln = {
-        "spaces": ["ff"],
-        "factors": factors,
-        "widths": widths,
-        "draws": draws,
-        "mean_abs_gap": mean_gap,
-        "embedding_sd": emb_sd,
-        "balanced_gap": balanced,
-        "gap_fit": loglog_slope(widths, np.maximum(mean_gap, 1e-12)).to_dict(),
-        "sd_fit": loglog_slope(widths, np.maximum(emb_sd, 1e-12)).to_dict(),
-    }
+    lln = iid_lln(params, spec, error, {"ff": n_ff}, factors, draws, k_grow, seed,
+                  "embedding_sd")  # fmt: skip
     result = {
         "checkpoint": str(path),
         "family": "hf-bert",

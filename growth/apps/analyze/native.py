@@ -26,9 +26,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from growth.apps.analyze.lln import check_sampling, iid_lln
 from growth.apps.analyze.report import (
     lln_lines,
     outputs_line,
@@ -37,7 +37,6 @@ from growth.apps.analyze.report import (
     write_outputs,
 )
 from growth.apps.analyze.verdicts import (
-    BALANCED,
     IID_WIDTH,
     exit_code,
     identity,
@@ -46,12 +45,10 @@ from growth.apps.analyze.verdicts import (
     tie_verdict,
 )
 from growth.apps.commands import load_model
-from growth.engine import grow
 from growth.errors import GrowthError
 from growth.models import get_family, init_model, model_from_params, params_of
 from growth.tasks.data import load_dataset
 from theory.ansatz import (
-    loglog_slope,
     permute_columns,
     rc_tie,
     resample_entries_iid,
@@ -111,16 +108,29 @@ def _loss(logits: jax.Array, y: jax.Array) -> float:
 _CONTROL = {"mlp": ("h1", ("layers", 1, "kernel")), "resmlp": ("h", ("w2",))}
 
 
-def _loss_of(family: str, config: Any, x: jax.Array, y: jax.Array) -> Callable[[dict], float]:
-    """``params -> test loss`` for params of ``config``'s family at any width (sizes read from
-    the params)."""
+def _logits_of(family: str, config: Any, x: jax.Array) -> Callable[[dict], jax.Array]:
+    """``params -> logits on x`` for params of ``config``'s family at any width (sizes read
+    from the params)."""
     fam = get_family(family)
     spec = fam.spec(config)
 
-    def loss(p: dict) -> float:
-        return _loss(_forward(family, fam.resize(config, spec.resolve(p).sizes))(p, x), y)
+    def logits(p: dict) -> jax.Array:
+        return _forward(family, fam.resize(config, spec.resolve(p).sizes))(p, x)
 
-    return loss
+    return logits
+
+
+def _measure(family: str, config: Any, x: jax.Array, y: jax.Array,
+             loss: float) -> Callable[[dict], tuple[float, jax.Array]]:  # fmt: skip
+    """``params -> (test loss - loss, logits)`` at any width (the measure of the LLN fit and,
+    through its gap, of the positive control)."""
+    logits = _logits_of(family, config, x)
+
+    def measure(p: dict) -> tuple[float, jax.Array]:
+        z = logits(p)
+        return _loss(z, y) - loss, z
+
+    return measure
 
 
 def analyze_checkpoint(
@@ -143,11 +153,7 @@ def analyze_checkpoint(
     N = k n for every grown space. Returns a JSON-able dict; writes ``analysis.json`` and
     ``analysis.png`` to ``out_dir`` when given (atomically).
     """
-    if draws < 2:
-        raise GrowthError(f"draws={draws}: need >= 2 draws per width for a spread")
-    factors = sorted({int(k) for k in factors})
-    if len(factors) < 3 or factors[0] < 1:
-        raise GrowthError(f"factors={factors}: need >= 3 distinct positive growth factors")
+    factors = check_sampling(draws, factors)
     model, meta, config = load_model(path)
     family = meta["family"]
     if family not in SUPPORTED:
@@ -195,6 +201,7 @@ def analyze_checkpoint(
 
     spec = fam.spec(config)
     resolved = spec.resolve(params)
+    measure = _measure(family, config, x, y, loss)
     shapes = [(int(_get(params, a).shape[0]), int(_get(params, a).shape[1]),
                int(_get(params, c).shape[1])) for a, _, c in spaces.values()]  # fmt: skip
     verdicts = {
@@ -203,7 +210,7 @@ def analyze_checkpoint(
             shapes, jax.random.fold_in(key, 7), trials=fpr_trials, num_shuffles=num_shuffles
         ),
         "positive_control": positive_control(
-            params, spec, _loss_of(family, config, x, y), space=_CONTROL[family][0],
+            params, spec, lambda p: measure(p)[0], space=_CONTROL[family][0],
             n=resolved.sizes[_CONTROL[family][0]], leaf=_CONTROL[family][1], draws=draws,
             seed=seed, repeats=control_repeats,
         ),  # fmt: skip
@@ -218,37 +225,10 @@ def analyze_checkpoint(
     grown_spaces = [s for s in resolved.width_spaces() if s not in normed]
     if not grown_spaces:
         raise GrowthError(f"analyze: {family} checkpoint has no non-normalised width space")
-    first = grown_spaces[0]
-    widths, mean_gap, gap_sd, logit_sd, balanced = [], [], [], [], []
-    for k in factors:
-        target = {s: k * resolved.sizes[s] for s in grown_spaces}
-        new_cfg = fam.resize(config, target)
-        g_fwd = _forward(family, new_cfg)
-        outs, gaps = [], []
-        for d in range(draws):
-            g, _ = grow(params, spec, width=target, method=IID_WIDTH,
-                        key=jax.random.fold_in(k_grow, 1000 * k + d))  # fmt: skip
-            out = g_fwd(g, x)
-            outs.append(np.asarray(out))
-            gaps.append(_loss(out, y) - loss)
-        b, _ = grow(params, spec, width=target, method=BALANCED, key=seed)
-        widths.append(target[first])
-        mean_gap.append(float(np.mean(np.abs(gaps))))
-        gap_sd.append(float(np.std(gaps, ddof=1)))
-        logit_sd.append(float(np.std(np.stack(outs), axis=0, ddof=1).mean()))
-        balanced.append(_loss(g_fwd(b, x), y) - loss)
-    lln = {
-        "spaces": grown_spaces,
-        "factors": factors,
-        "widths": widths,
-        "draws": draws,
-        "mean_abs_gap": mean_gap,
-        "gap_sd": gap_sd,
-        "logit_sd": logit_sd,
-        "balanced_gap": balanced,
-        "gap_fit": loglog_slope(widths, np.maximum(mean_gap, 1e-12)).to_dict(),
-        "sd_fit": loglog_slope(widths, np.maximum(logit_sd, 1e-12)).to_dict(),
-    }
+    lln = iid_lln(params, spec, measure,
+                  {s: resolved.sizes[s] for s in grown_spaces}, factors, draws, k_grow, seed,
+                  "logit_sd")  # fmt: skip
+    balanced = lln["balanced_gap"]
     verdicts["identities"]["balanced_gap"] = identity(
         "balanced (copy) growth keeps the loss", loss + max(balanced, key=abs), loss
     )
