@@ -1,4 +1,4 @@
-"""Two diagnostics behind docs/results.md "Where the head start goes" (MNIST-1D, demo sizes).
+"""Diagnostics behind docs/results.md "Where the head start goes" (MNIST-1D, demo sizes).
 
 ``spike``: the first 200 steps of the large models after growth (test loss every 20 steps, one
 peak LR, the demo's warm-up + cosine schedule over 200 steps), next to the small model itself
@@ -10,8 +10,12 @@ which piece of ``plastic`` makes the rise.
 (source units kept, drawn units at zero fan-out: exact), then ``d`` and the blocks by
 ``plastic``; both arms are trained for budgets ``--budgets`` at each LR of ``--lrs``.
 
+``schedule``: grown models (``--methods``) trained for budgets ``--budgets`` at every peak LR of
+``--lrs`` and LR warm-up of ``--warmups``: does another schedule keep more of the head start?
+
     python -m experiments.plasticity_diagnostics spike --lr 0.01
     python -m experiments.plasticity_diagnostics fitted-units --seeds 0 1 2
+    python -m experiments.plasticity_diagnostics schedule --warmups 0 50 100 200 300
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ def grown(cfg, params, method: str, seed: int, width=WIDTH, depth=DEPTH):
     return grown_config("resmlp", cfg, plan), apply_plan(plan, params)
 
 
-def fit(data, cfg, params, *, steps: int, lr: float, every: int, seed: int, base=None):
+def fit(data, cfg, params, *, steps: int, lr: float, every: int, seed: int, base=None,
+        warmup: int = 100):  # fmt: skip
     from growth.models import get_family, model_from_params
     from growth.tasks.train import TrainConfig, train
     from theory.parametrization import adam_lr_multipliers
@@ -55,7 +60,7 @@ def fit(data, cfg, params, *, steps: int, lr: float, every: int, seed: int, base
     model = model_from_params("resmlp", cfg, params)
     mults = None if base is None else adam_lr_multipliers(
         get_family("resmlp").spec(cfg).resolve(params), base)  # fmt: skip
-    tc = TrainConfig(steps=steps, lr=lr, eval_every=every, seed=seed + 7)
+    tc = TrainConfig(steps=steps, lr=lr, warmup=warmup, eval_every=every, seed=seed + 7)
     return train(model, data, tc, lr_multipliers=mults, progress=False)
 
 
@@ -94,6 +99,22 @@ def fitted_units(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def schedule(a: argparse.Namespace) -> list[dict]:
+    from growth.models import params_of
+
+    data, cfg, small = small_model(a.seed)
+    p, base = params_of(small), {"d": SMALL[0], "h": SMALL[1]}
+    rows = []
+    for m in a.methods:
+        c, params = grown(cfg, p, m, a.seed)
+        for b, lr, w in itertools.product(a.budgets, a.lrs, a.warmups):
+            h = fit(data, c, params, steps=b, lr=lr, every=b, seed=a.seed, base=base, warmup=w)
+            rows.append({"method": m, "budget": b, "lr": lr, "warmup": w,
+                         "final": h.test_loss[-1]})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -106,9 +127,15 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     f.add_argument("--budgets", type=int, nargs="+", default=[500, 1000])
     f.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03])
+    t = sub.add_parser("schedule")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--methods", nargs="+", default=["plastic"])
+    t.add_argument("--budgets", type=int, nargs="+", default=[500])
+    t.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03])
+    t.add_argument("--warmups", type=int, nargs="+", default=[0, 50, 100, 200, 300])
     ap.add_argument("--out", default="runs/plasticity_diagnostics")
     a = ap.parse_args(argv)
-    rows = spike(a) if a.what == "spike" else fitted_units(a)
+    rows = {"spike": spike, "fitted-units": fitted_units, "schedule": schedule}[a.what](a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{a.what}.json").write_text(json.dumps(rows, indent=1))
