@@ -1,13 +1,14 @@
 """LM growth demo: train a small decoder on the stdlib byte corpus, grow it, check the zero-shot
 loss, then train the grown model and a same-size model from scratch on the same budget.
 
-Mirrors ``growth.apps.demo.mlp`` (same summary keys): both large models get the same config (the
-grown
-config, so eps, logit scale and readout multiplier match), batches, schedule and muP-Adam
-learning-rate multipliers (base widths = the small model's), and each its best peak LR from the
-same sweep (``lr_sweep``, recorded in the summary); only the initialisation differs.
-Target = the scratch model's final held-out loss; speed-up = ``steps_to_target_scratch /
-steps_to_target_grown``. Writes ``summary.json``, ``loss_curves.png`` and the grown checkpoint.
+Mirrors ``growth.apps.demo.mlp`` (same summary keys and protocol, :mod:`.protocol`): both large
+models have the same sizes, batches, schedule and muP-Adam learning-rate multipliers (base widths
+= the small model's), and each its best peak LR from the same sweep (``lr_sweep``). The scratch
+model's config is :func:`~.protocol.scratch_config` (muP's readout multiplier), not the grown
+config: ``plastic``'s stream scale sets the grown model's eps x a^2 and tied readout multiplier
+/ a, exact for the grown weights but a handicap for a fresh init. Target = the scratch model's
+final held-out loss; in-run and budget speed-ups as in :mod:`.protocol`. Writes
+``summary.json``, ``loss_curves.png`` and the checkpoints.
 """
 
 from __future__ import annotations

@@ -1,17 +1,15 @@
 """``grow demo``: train small -> grow -> check zero-shot loss -> grown vs scratch, same budget.
 
-Both large models (grown and from scratch) have the same config and are trained with the same
-budget, batches, schedule and muP-Adam learning-rate multipliers (base widths = the small
-model's), so the only difference is the initialisation. The target is the scratch model's final
-test loss; the speed-up is ``steps_to_target_scratch / steps_to_target_grown``. Because the
-grown model also cost the small model's training, the summary also gives the speed-up with the
-small model's steps charged at their relative cost (parameter count ~ FLOPs per example),
-and the speed-up at every intermediate target the scratch run passes (``speedup_curve``).
-
-Both large models take their own best peak LR from the same sweep (``lr_sweep``, lowest final
-test loss; recorded in the summary), so the target is a tuned scratch run. The default method
-is ``plastic`` (``growth.plasticity``: fresh new units and blocks, stream writers x0.1);
-``experiments/plasticity_probe.py`` and docs/results.md hold the ablation.
+Both large models (grown, and from scratch with :func:`~.protocol.scratch_config`) have the same
+sizes and are trained with the same budget, batches, schedule and muP-Adam learning-rate
+multipliers (base widths = the small model's), so the only difference is the initialisation.
+Each takes its own best peak LR from the same sweep (``lr_sweep``, recorded in the summary), so
+the target -- scratch's final test loss -- is a tuned run. The summary gives the in-run and the
+budget speed-up (:mod:`.protocol`), each also with the small model's training charged at its
+relative cost (parameter count ~ FLOPs per example), the zero-shot gap, and the speed-up at
+every intermediate target the scratch run passes (``speedup_curve``). The default method is
+``plastic`` (``growth.plasticity``); docs/results.md has the measurements over seeds
+(``experiments/demo_ablation.py``).
 """
 
 from __future__ import annotations
