@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -206,7 +207,13 @@ def test_module_entry_point_help():
     assert "demo" in out.stdout and "verify" in out.stdout
 
 
-def test_demo_quick_end_to_end(tmp_path):
+def test_demo_quick_end_to_end(tmp_path, monkeypatch):
+    """`grow demo --quick` through the CLI, on a shorter budget (the demo's measured numbers
+    are benchmarks, experiments/demo_ablation.py)."""
+    from growth.apps.demo.mlp import DemoConfig
+
+    short = DemoConfig(small_steps=300, steps=300, eval_every=50)
+    monkeypatch.setattr(DemoConfig, "quick", staticmethod(lambda **kw: replace(short, **kw)))
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -85,7 +85,7 @@ def test_lm_demo_end_to_end(tmp_path) -> None:
 
     s = run_lm_demo(
         tmp_path / "lm", quick=True, small_steps=12, steps=12, eval_every=6, eval_windows=8,
-        batch=4, seq_len=16, corpus_bytes=CAP, budget_fractions=(0.5,),
+        batch=4, seq_len=16, corpus_bytes=CAP, budget_fractions=(0.5,), lr_sweep=(3e-3, 1e-2),
     )  # fmt: skip
     keys = ("method", "small_test_loss", "grown_test_loss_step0", "zero_shot_gap",
             "steps_to_target_grown", "steps_to_target_scratch", "speedup")  # fmt: skip

@@ -157,6 +157,8 @@ def _run_pair(out: str, timeout: float = 180) -> list[tuple[int, str]]:
     return [(p.returncode, out) for p, out in zip(procs, outs, strict=True)]
 
 
+# two processes x 4 devices (~15 s): in the slow suite (CI runs it)
+@pytest.mark.slow
 def test_multihost_growth_matches_single_process(tmp_path):
     out = tmp_path / "grown"
     results = _run_pair(str(out))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "notebooks" / "rc_ansatz.py"
 
 
@@ -17,6 +19,8 @@ def test_notebook_is_percent_format() -> None:
     assert text.count("# %%") >= 8 and "# %% [markdown]" in text
 
 
+# runs the whole research notebook (~13 s): in the slow suite (CI runs it)
+@pytest.mark.slow
 def test_notebook_runs_headless(tmp_path) -> None:
     env = dict(os.environ, MPLBACKEND="Agg", RC_NOTEBOOK_OUT=str(tmp_path), RC_NOTEBOOK_STEPS="200")
     proc = subprocess.run(
