@@ -28,12 +28,10 @@ from flax import nnx
 
 from growth.apps.demo.protocol import (
     BUDGET_FRACTIONS,
-    best_of_sweep,
-    budget_speedup,
-    compare_runs,
     n_params,
     plot_curves,
     scratch_config,
+    tuned_comparison,
     write_run_dir,
 )
 from growth.engine import apply_plan, plan_growth
@@ -207,7 +205,7 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
     base = fam.sizes(small_cfg)
     mults = adam_lr_multipliers(fam.spec(big_cfg).resolve(p_grown), base)
 
-    def run(lr: float, grown: bool, steps: int = cfg.steps) -> History:
+    def run(lr: float, grown: bool, steps: int) -> History:
         model = (
             model_from_params("decoder", big_cfg, p_grown)
             if grown
@@ -217,14 +215,10 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
         return train_lm(model, cfg, steps, test, seed=cfg.seed + 7, lr_multipliers=mults,
                         lr=lr, eval_every=every)  # fmt: skip
 
-    grown_hist, grown_sweep = best_of_sweep(lambda lr: run(lr, True), cfg.lr_sweep)
-    scratch_hist, scratch_sweep = best_of_sweep(lambda lr: run(lr, False), cfg.lr_sweep)
-
     small_cost = cfg.small_steps * n_params(p_small) / n_params(p_grown)
-    budget = budget_speedup(
-        lambda lr, b: run(lr, True, b), cfg.lr_sweep, steps=cfg.steps,
-        target=scratch_hist.test_loss[-1], full_loss=grown_hist.test_loss[-1],
-        small_cost=small_cost, fractions=cfg.budget_fractions,
+    comparison, grown_hist, scratch_hist = tuned_comparison(
+        run, small_hist, cfg.lr_sweep, steps=cfg.steps, small_cost=small_cost,
+        fractions=cfg.budget_fractions,
     )  # fmt: skip
     data = {"corpus_bytes": cfg.corpus_bytes, "seq_len": cfg.seq_len,
             "eval_windows": cfg.eval_windows}  # fmt: skip
@@ -249,9 +243,7 @@ def _run(out: Path, cfg: LMDemoConfig) -> dict:
         "grown_config": config_to_dict(big_cfg),
         "scratch_config": config_to_dict(rival_cfg),
         "growth": plan.report.to_dict(),
-        **compare_runs(small_hist, grown_hist, scratch_hist, small_cost=small_cost),
-        **budget,
-        "lr_sweep": {"grown": grown_sweep, "scratch": scratch_sweep},
+        **comparison,
         "max_rel_logit_error": logit_err,
         "params_small": n_params(p_small),
         "params_grown": n_params(p_grown),

@@ -27,12 +27,10 @@ from growth.apps.commands import (
 )
 from growth.apps.demo.protocol import (
     BUDGET_FRACTIONS,
-    best_of_sweep,
-    budget_speedup,
-    compare_runs,
     n_params,
     plot_curves,
     scratch_config,
+    tuned_comparison,
     write_run_dir,
 )
 from growth.methods import DEFAULT_METHOD, get_method
@@ -101,43 +99,34 @@ def _run(tmp: Path, cfg: DemoConfig, progress: bool) -> dict:
     resolved = fam.spec(big_cfg).resolve(resolved_params)
     mults = adam_lr_multipliers(resolved, base) if cfg.mup else None
     sizes = fam.sizes(big_cfg)
-    rival_cfg = scratch_config("resmlp", small_cfg, params_of(load_model(tmp / "small")[0]),
+    p_small = params_of(load_model(tmp / "small")[0])
+    rival_cfg = scratch_config("resmlp", small_cfg, p_small,
                                width={s: sizes[s] for s in ("d", "h")},
                                depth={"blocks": sizes["blocks"]})  # fmt: skip
 
-    def run(lr: float, desc: str, steps: int = cfg.steps) -> History:
+    def run(lr: float, grown: bool, steps: int) -> History:
         model = (
             load_model(tmp / "grown")[0]
-            if desc == "grown"
+            if grown
             else init_model("resmlp", rival_cfg, seed=cfg.seed + 1)
         )
         every = cfg.eval_every if steps == cfg.steps else steps  # budget probes: final loss only
         tc_big = TrainConfig(steps=steps, lr=lr, eval_every=every, seed=cfg.seed + 7)
-        return train(model, data, tc_big, lr_multipliers=mults,
-                     desc=f"{desc} lr {lr:g} steps {steps}", progress=progress)  # fmt: skip
+        desc = f"{'grown' if grown else 'scratch'} lr {lr:g} steps {steps}"
+        return train(model, data, tc_big, lr_multipliers=mults, desc=desc, progress=progress)
 
-    grown_hist, grown_sweep = best_of_sweep(lambda lr: run(lr, "grown"), cfg.lr_sweep)
-    scratch_hist, scratch_sweep = best_of_sweep(lambda lr: run(lr, "scratch"), cfg.lr_sweep)
-
-    cost = cfg.small_steps * n_params(params_of(init_model("resmlp", small_cfg)))
-    small_cost = cost / n_params(resolved_params)
+    small_cost = cfg.small_steps * n_params(p_small) / n_params(resolved_params)
+    comparison, grown_hist, scratch_hist = tuned_comparison(
+        run, small_hist, cfg.lr_sweep, steps=cfg.steps, small_cost=small_cost,
+        fractions=cfg.budget_fractions,
+    )  # fmt: skip
     summary = {
         "method": cfg.method,
         "small_config": small_cfg.__dict__,
         "grown_config": big_cfg.__dict__,
         "scratch_config": rival_cfg.__dict__,
         "growth": report.to_dict(),
-        **compare_runs(small_hist, grown_hist, scratch_hist, small_cost=small_cost),
-        **budget_speedup(
-            lambda lr, b: run(lr, "grown", b),
-            cfg.lr_sweep,
-            steps=cfg.steps,
-            target=scratch_hist.test_loss[-1],
-            full_loss=grown_hist.test_loss[-1],
-            small_cost=small_cost,
-            fractions=cfg.budget_fractions,
-        ),
-        "lr_sweep": {"grown": grown_sweep, "scratch": scratch_sweep},
+        **comparison,
         "max_rel_logit_error": check["max_rel_logit_error"],
         "verify": check,
         "demo_config": cfg.__dict__,

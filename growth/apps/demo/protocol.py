@@ -154,6 +154,33 @@ def compare_runs(small: History, grown: History, scratch: History, *, small_cost
     }
 
 
+def tuned_comparison(
+    run: Callable[[float, bool, int], History],
+    small: History,
+    lrs: Sequence[float],
+    *,
+    steps: int,
+    small_cost: float,
+    fractions: Sequence[float] = BUDGET_FRACTIONS,
+) -> tuple[dict, History, History]:
+    """The whole protocol on one seed: both arms (``run(lr, grown, steps) -> History``) at every
+    peak LR of ``lrs``, each keeping its best (:func:`best_of_sweep`), then the grown arm's
+    budget speed-up against tuned scratch's final loss (:func:`budget_speedup`).
+
+    Returns ``(summary keys, grown, scratch)``: the keys of :func:`compare_runs`, of
+    :func:`budget_speedup` and ``lr_sweep`` (both arms' sweep records), and the best runs.
+    """
+    grown, grown_sweep = best_of_sweep(lambda lr: run(lr, True, steps), lrs)
+    scratch, scratch_sweep = best_of_sweep(lambda lr: run(lr, False, steps), lrs)
+    keys = compare_runs(small, grown, scratch, small_cost=small_cost)
+    keys |= budget_speedup(
+        lambda lr, b: run(lr, True, b), lrs, steps=steps, target=scratch.test_loss[-1],
+        full_loss=grown.test_loss[-1], small_cost=small_cost, fractions=fractions,
+    )  # fmt: skip
+    keys["lr_sweep"] = {"grown": grown_sweep, "scratch": scratch_sweep}
+    return keys, grown, scratch
+
+
 def plot_curves(
     path: Path, small: History, grown: History, scratch: History, *, ylabel: str, title: str = ""
 ) -> None:
