@@ -159,6 +159,20 @@ def _free_compiled_programs():
 
 
 @pytest.fixture(scope="session")
+def small_ckpt(tmp_path_factory):
+    """A small ResMLP checkpoint (8/16/2) trained 60 steps by ``grow train``'s code path; tests
+    only read it (grow from it, load it)."""
+    from growth.apps.commands import train_model
+    from growth.models.resmlp import ResMLPConfig
+    from growth.tasks.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("ckpt") / "small"
+    cfg = ResMLPConfig(input_dim=40, width=8, hidden=16, depth=2, num_classes=10)
+    train_model(out, "resmlp", cfg, TrainConfig(steps=60, eval_every=30), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def trained_mlp() -> Trained:
     """MLP(40 -> 64 -> 64 -> 10, relu) trained with Adam for 800 steps on MNIST-1D."""
     x, y, xt, yt = _mnist1d()

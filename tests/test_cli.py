@@ -11,21 +11,11 @@ import numpy as np
 import pytest
 
 from growth.apps.cli import main
-from growth.apps.commands import grow_checkpoint, train_model, verify_checkpoint
+from growth.apps.commands import grow_checkpoint, verify_checkpoint
 from growth.errors import GrowthError
 from growth.formats.checkpoint import load_checkpoint, save_checkpoint
 from growth.methods import DEFAULT_METHOD
-from growth.models.resmlp import ResMLPConfig
 from growth.spec import parse_targets
-from growth.tasks.train import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt") / "small"
-    cfg = ResMLPConfig(input_dim=40, width=8, hidden=16, depth=2, num_classes=10)
-    train_model(out, "resmlp", cfg, TrainConfig(steps=60, eval_every=30), progress=False)
-    return out
 
 
 def test_train_grow_verify_roundtrip(small_ckpt, tmp_path):

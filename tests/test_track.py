@@ -85,28 +85,17 @@ def test_track_checkpoint_resmlp(tmp_path) -> None:
     assert res["sizes_after"]["d"] == 16 and res["sizes_after"]["blocks"] == 2
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from growth.apps.commands import train_model
-    from growth.tasks.train import TrainConfig
-
-    out = tmp_path_factory.mktemp("track") / "trained"
-    cfg = ResMLPConfig(input_dim=40, width=8, hidden=16, depth=2, num_classes=10)
-    train_model(out, "resmlp", cfg, TrainConfig(steps=60, eval_every=30), progress=False)
-    return out
-
-
 @pytest.mark.parametrize("method, width, passes", [
     ("copy", "x2", True),  # copies stay copies: the source's trajectory, to rounding
     ("iid", "h=x2", False),  # sampled: the function moved (+0.24 in loss at scale), no tracking
     ("exact", "x2", False),  # zero-sum noise: function kept at t = 0, copies then separate
 ])  # fmt: skip
-def test_track_grown_checkpoint_tracks_its_recorded_growth(trained, tmp_path, method, width,
+def test_track_grown_checkpoint_tracks_its_recorded_growth(small_ckpt, tmp_path, method, width,
                                                            passes) -> None:  # fmt: skip
     """``grow track GROWN`` trains the checkpoint as grown, not a fresh copy growth."""
     from growth.apps.commands import grow_checkpoint
 
-    grow_checkpoint(trained, tmp_path / "g", width=width, depth="", method=method, seed=1)
+    grow_checkpoint(small_ckpt, tmp_path / "g", width=width, depth="", method=method, seed=1)
     res = track_checkpoint(tmp_path / "g", steps=20, optimizer="adam", eps=1e-4)
     assert res["growth"] == {"method": method, "recorded": True}
     assert res["passed"] is passes, res["gaps"]
