@@ -92,11 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
 
     from growth.apps.demo import run_task_demo
+    from growth.formats.outdir import replace_file
 
     cls, fields = config_fields(a.task)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
+    if (out / "table.md").exists() and not log.exists():
+        raise SystemExit(f"{out}: has a table.md but no runs.jsonl, so it is not a folder this "
+                         "script wrote; choose another --out")  # fmt: skip
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     for text in a.variants:
         name, kw = parse_variant(text, fields)
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{s['target_test_loss']:.4f} in-run {s['speedup']} budget "
                   f"{s['budget_speedup']}", flush=True)  # fmt: skip
     md = table(done)
-    (out / "table.md").write_text(md)
+    replace_file(out / "table.md", md)  # atomic
     print(md)
 
 

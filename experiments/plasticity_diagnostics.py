@@ -135,10 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--warmups", type=int, nargs="+", default=[0, 50, 100, 200, 300])
     ap.add_argument("--out", default="runs/plasticity_diagnostics")
     a = ap.parse_args(argv)
+    from growth.formats.outdir import write_json_output
+
     rows = {"spike": spike, "fitted-units": fitted_units, "schedule": schedule}[a.what](a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{a.what}.json").write_text(json.dumps(rows, indent=1))
+    # tagged and atomic: replaces only a file this script wrote (growth.formats.outdir)
+    write_json_output(out / f"{a.what}.json", {"rows": rows}, kind=f"diagnostics-{a.what}")
 
 
 if __name__ == "__main__":
