@@ -91,3 +91,28 @@ def test_scratch_config_is_the_muP_model_without_a_methods_stream_scale():
     grown = grown_config("decoder", c, plan)
     assert grown.readout_mult == pytest.approx(rival.readout_mult / 0.1)  # the stream scale's
     assert grown.eps == pytest.approx(rival.eps * 0.01)
+
+
+@given(
+    st.lists(st.floats(0.01, 5.0), min_size=2, max_size=8, unique=True),
+    st.floats(0.0, 6.0),
+)
+def test_crossing_step_is_where_the_interpolated_curve_meets_the_level(losses, level):
+    """plasticity_diagnostics.crossing_step on a decreasing curve: the interpolated step lies
+    between the two grid steps around the level and the linear interpolant there equals it."""
+    from experiments.plasticity_diagnostics import crossing_step
+
+    losses = sorted(losses, reverse=True)
+    finals = {100 * (i + 1): v for i, v in enumerate(losses)}
+    got = crossing_step(finals, level)
+    if level >= losses[0]:
+        assert got == {"at_most": 100}
+    elif level < losses[-1]:
+        assert got == {"more_than": 100 * len(losses)}
+    else:
+        s = got["steps"]
+        i = next(i for i, v in enumerate(losses) if v <= level)  # first grid point at/below
+        lo, hi = 100 * i, 100 * (i + 1)
+        assert lo < s <= hi
+        interp = losses[i - 1] + (losses[i] - losses[i - 1]) * (s - lo) / 100
+        assert interp == pytest.approx(level, abs=1e-9)
