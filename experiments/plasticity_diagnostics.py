@@ -151,6 +151,8 @@ def scratch_states(data, cfg, *, steps: int, lr: float, at, seed: int, base) -> 
         return optax.apply_updates(p, updates), state
 
     batches, states = iterate_batches(data.x_train, data.y_train, 128, seed + 7), {}
+    if 0 in at:  # the init itself: what a start worth nothing ends at
+        states[0] = jax.tree_util.tree_map(np.array, params_of(model))
     for k in range(1, steps + 1):
         params, state = step(params, state, *map(jnp.asarray, next(batches)))
         if k in at:  # host copies: a module built from them must not alias the loop's arrays
@@ -200,7 +202,7 @@ def worth(a: argparse.Namespace) -> list[dict]:
                          "final": finals[lr], "reaches_target": finals[lr] <= target})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
         arms_rows = [r for r in rows if r["seed"] == seed and "arm" in r]
-        finals = {r["start_step"]: r["final"] for r in arms_rows if r["start_step"]}
+        finals = {r["start_step"]: r["final"] for r in arms_rows if r["start_step"] is not None}
         worths = {f"worth {r['arm']}": crossing_step(finals, r["final"])
                   for r in arms_rows if r["start_step"] is None}  # fmt: skip
         rows.append({"seed": seed, "needed": crossing_step(finals, target)} | worths)
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     w.add_argument("--steps", type=int, default=1000)
     w.add_argument("--budget", type=int, default=500)
-    w.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    w.add_argument("--fractions", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.4, 0.5])
     w.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1])
     w.add_argument("--methods", nargs="+", default=["plastic"])
     ap.add_argument("--out", default="runs/plasticity_diagnostics")
