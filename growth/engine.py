@@ -24,7 +24,13 @@ from growth.depth import EXACT_DEPTH_RULES, DepthMap, apply_depth, depth_map
 from growth.errors import GrowthError
 from growth.guarantee import assess, output_error, rounding_bound
 from growth.methods import DEFAULT_METHOD, Method, get_method
-from growth.plasticity import apply_plasticity, extend_map, fresh_leaf, fresh_unit_spaces
+from growth.plasticity import (
+    apply_plasticity,
+    balance_units,
+    extend_map,
+    fresh_leaf,
+    fresh_unit_spaces,
+)
 from growth.spec import NeuronSpec, ResolvedSpec, leaves_with_paths
 from growth.width import along, apply_width, draw_space, space_axes
 from theory.measure import SpaceMap, padded_map, pair_map, sample_space
@@ -52,6 +58,9 @@ class GrowthReport:
     # normalised space -> factor a on its writers (``Method.stream_scale``): the model family
     # multiplies the norms' eps by a^2 and a tied readout's multiplier by 1/a
     stream_scale: dict[str, float] = field(default_factory=dict)
+    # homogeneous space -> what the unit balance (``Method.unit_balance``) did there: filled in
+    # by ``apply_plan`` (units, rebalanced, clipped, factor range, sweeps); empty when off
+    unit_balance: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +92,10 @@ class GrowthReport:
             lines.append(f"norm eps over {space!r} times {f:.6g} (padded map)")
         for space, a in self.stream_scale.items():
             lines.append(f"writers of {space!r} times {a:.6g}, its norms' eps times {a * a:.6g}")
+        for space, st in self.unit_balance.items():
+            lines.append(f"unit balance of {space!r}: " + ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in st.items()
+            ))  # fmt: skip
         lines.append(f"guarantee: {self.bound.get('statement', '?')}")
         lines.append(f"function preserving: {self.function_preserving} ({self.function_check})")
         lines += [f"note: {n}" for n in self.notes]
@@ -359,8 +372,15 @@ def plan_growth(
             "through the norm (pre-norm residual streams); apply GrowthReport.stream_scale "
             "to the config"
         )
+    balance = resolved.homogeneous_spaces() if method.unit_balance else []
+    if balance:
+        notes.append(
+            f"unit balance of {balance}: each unit's homogeneous fan-in times c > 0, its "
+            "fan-out over c (exact), c balancing both against the fresh init's RMS"
+        )
     report = GrowthReport(method.to_dict(), dict(resolved.sizes), after, copies, False, notes,
-                          eps_scale=eps, stream_scale=stream)  # fmt: skip
+                          eps_scale=eps, stream_scale=stream,
+                          unit_balance={s: {} for s in balance})  # fmt: skip
     report.bound, report.function_preserving, report.function_check, note = assess(
         params, resolved, after, maps, method, kinds
     )
@@ -457,10 +477,14 @@ def apply_leaves(
     fresh: a fresh init of the grown leaves (same slice, grown shapes), the source of fresh units
     and blocks (``growth.plasticity``); None draws stand-ins at each source leaf's spread.
     """
-    if plan.fitted and (first_leaf, len(leaves)) != (0, len(plan.resolved.leaves)):
+    if (plan.fitted or plan.report.unit_balance) and (first_leaf, len(leaves)) != (
+        0,
+        len(plan.resolved.leaves),
+    ):
+        what = "drawing from a fitted measure" if plan.fitted else "balancing units (unit_balance)"
         raise GrowthError(
-            f"method {plan.method.name!r}: drawing from a fitted measure needs every leaf of the "
-            "grown spaces at once; it cannot be applied a slice of leaves at a time (streaming)"
+            f"method {plan.method.name!r}: {what} needs every leaf of the grown spaces at once; "
+            "it cannot be applied a slice of leaves at a time (streaming)"
         )
     sl = slice(first_leaf, first_leaf + len(leaves))
     specs, spreads = plan.resolved.leaves[sl], plan.spreads[sl]
@@ -503,8 +527,9 @@ def apply_leaves(
             else None,
         )
     blocks = plan.depth_maps if m.new_blocks == "fresh" else {}
-    if units or blocks or plan.report.stream_scale:
-        if not (units or blocks):
+    balance = sorted(plan.report.unit_balance)
+    if units or blocks or plan.report.stream_scale or balance:
+        if not (units or blocks or balance):
             fresh = leaves  # the stream scale alone reads no fresh weights
         elif fresh is None:
             k = jax.random.fold_in(plan.key, FRESH_STREAM)
@@ -521,6 +546,9 @@ def apply_leaves(
             leaves, specs, fresh, unit_spaces=units, paired=frozenset(plan.resolved.paired),
             block_maps=blocks, stream=plan.report.stream_scale,
         )  # fmt: skip
+    if balance:
+        leaves, done = balance_units(leaves, specs, fresh, balance)
+        plan.report.unit_balance.update(done)
     return leaves
 
 

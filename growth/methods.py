@@ -20,9 +20,11 @@ name              sampler     scaling    symmetry    depth        guarantee
 (+) ``plastic`` (``growth.plasticity``): spaces under a norm get balanced copies with zero-sum
 noise; every other grown space keeps its source units and appends new ones with fresh fan-in and
 zero fan-out; new blocks are fresh with a zero output projection; the writers of each normalised
-stream are scaled by ``stream_scale`` (0.1) and the norms' eps by its square, so the weights
-start nearer a fresh init's scale. Exact whenever every reader of a normalised space reads it
-through the norm (pre-norm residual streams: ``resmlp``, ``decoder``).
+stream are scaled by ``stream_scale`` (0.1) and the norms' eps by its square, and the units of
+spaces the spec declares positively homogeneous (ReLU MLPs, SwiGLU's ``w_up``) are rebalanced
+(``unit_balance``: fan-in times ``c``, fan-out over ``c``), so the weights start nearer a fresh
+init's scale. Exact whenever every reader of a normalised space reads it through the norm
+(pre-norm residual streams: ``resmlp``, ``decoder``).
 
 Published methods as compositions of the same pieces (sources, exact rules and what differs from
 the papers: ``docs/methods.md``; :data:`RECIPE_INFO` has each recipe's source and guarantee):
@@ -111,6 +113,10 @@ class Method:
     (``theory.rc_measure``); ``scaling="unbiased"`` draws all N units (mean-field ``n/N`` on
     the readers), ``scaling="exact"`` keeps the source units and gives the drawn ones zero
     fan-out (``growth.width.draw_space``).
+    new_units, new_blocks, stream_scale, unit_balance: the plasticity pieces
+    (``growth.plasticity``); ``unit_balance`` rescales each unit of a homogeneous space
+    (``LeafSpec.homogeneous``) by the exact ``c`` / ``1/c`` symmetry, balancing its fan-in and
+    fan-out against the fresh init's scale (``"plastic:unit_balance=0"`` turns it off).
     """
 
     sampler: str = "balanced"
@@ -129,6 +135,7 @@ class Method:
     new_units: str = "copy"
     new_blocks: str = "copy"
     stream_scale: float = 1.0
+    unit_balance: bool = False
 
     def __post_init__(self) -> None:
         self._check_plasticity()
@@ -193,6 +200,8 @@ class Method:
                               "and new_blocks at 'copy'")  # fmt: skip
         if not (0 < self.stream_scale < float("inf")):
             raise GrowthError(f"method stream_scale={self.stream_scale}: must be > 0 and finite")
+        if not isinstance(self.unit_balance, bool):
+            raise GrowthError(f"method unit_balance={self.unit_balance!r}: expected True/False")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -252,9 +261,8 @@ METHODS: dict[str, Method] = {
     # the operators start at the noiseless copy map; growth.recipes.ligo adds fan-out noise to them
     "ligo": Method(symmetry="none", sigma=0.0, operator_steps=100, name="ligo"),
     # --- plasticity (growth.plasticity; docs/methods.md "plastic") ----------------------------
-    "plastic": Method(
-        sigma=1.0, new_units="fresh", new_blocks="fresh", stream_scale=0.1, name="plastic"
-    ),
+    "plastic": Method(sigma=1.0, new_units="fresh", new_blocks="fresh", stream_scale=0.1,
+                      unit_balance=True, name="plastic"),  # fmt: skip
 }
 
 #: name -> summary (one line, for ``grow --help``), source, ``bound``: the kind of checkable
@@ -366,10 +374,10 @@ RECIPE_INFO: dict[str, dict] = {
         "guarantee": "none: exact at init, the trained operators change the function",
     },
     "plastic": {
-        "summary": "exact + fresh new units/blocks (zero fan-out) + stream writers x0.1, eps x0.01",
+        "summary": "exact + fresh new units/blocks + stream x0.1 (eps x0.01) + unit balance",
         "source": "mfgrow",
         "bound": "rounding",
-        "guarantee": "e <= 16 D u (pre-norm streams); fresh new units and blocks, stream x0.1",
+        "guarantee": "e <= 16 D u (pre-norm streams); fresh units/blocks, stream x0.1, balance",
     },
 }
 
@@ -403,9 +411,17 @@ def _parse_overrides(text: str, fields: list[str]) -> dict[str, object]:
                 f"{sorted(types)}"
             )
         try:
-            out[key] = types[key](value)
+            out[key] = _parse_bool(value) if types[key] is bool else types[key](value)
         except ValueError:
             raise GrowthError(
                 f"method {text!r}: {key}={value!r}: expected {types[key].__name__}"
             ) from None
     return out
+
+
+
+def _parse_bool(text: str) -> bool:
+    """``1``/``true`` -> True, ``0``/``false`` -> False, else ValueError (``bool("0")`` is True)."""
+    if text.strip().lower() not in ("0", "1", "true", "false"):
+        raise ValueError(text)
+    return text.strip().lower() in ("1", "true")

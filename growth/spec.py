@@ -26,6 +26,13 @@ Two space-level facts complete a spec:
 - *paired* spaces (``NeuronSpec(..., paired=["hd"])``): the units are the pairs of entries
   ``(i, i + n/2)`` (rotary embeddings in the rotate-half layout rotate each such pair), so a map
   is drawn on the n/2 pairs and applied to both halves.
+- *homogeneous* spaces: leaves flagged ``homogeneous="SPACE"`` together hold the part of each
+  unit's fan-in in which its output is positively homogeneous of degree 1 (the whole fan-in of a
+  ReLU unit, ``relu(c z) = c relu(z)``; the ``w_up`` column of a SwiGLU unit, whose output
+  ``silu(x w_gate) (x w_up)`` is linear in it). Scaling those ``out`` slices by ``c > 0`` and
+  every ``in`` slice of the space (its readers) by ``1 / c`` keeps the function exactly
+  (``growth.plasticity`` uses it to rebalance units). Declare it only where it is exact: never
+  for GELU/tanh units, never on a normalised or paired space.
 """
 
 from __future__ import annotations
@@ -83,15 +90,26 @@ class LeafSpec:
     equal counts, which the growth report checks. ``norm`` may name the kind and part
     (:data:`NORM_PARTS`: ``"layer-gain"``, ``"layer-bias"``, ``"rms-gain"``); when every norm
     leaf of a space does, the engine grows that space exactly to non-multiple widths by padding.
+    ``homogeneous`` names the space of one of the leaf's ``out`` axes in whose units' output the
+    leaf's slices are positively homogeneous of degree 1, jointly with the other leaves that
+    name it (module docstring: *homogeneous* spaces).
     """
 
     axes: tuple[Axis | None, ...]
     residual_out: bool = False
     norm: bool | str = False
+    homogeneous: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.norm, bool) and self.norm not in NORM_PARTS:
             raise SpecError(f"leaf norm={self.norm!r}: expected True/False or one of {NORM_PARTS}")
+        if self.homogeneous is not None and (
+            self.norm or Axis("out", self.homogeneous) not in self.axes  # type: ignore[arg-type]
+        ):
+            raise SpecError(
+                f"leaf homogeneous={self.homogeneous!r}: expected the space of one of the leaf's "
+                f"'out' axes {self}, on a leaf that is not a norm leaf"
+            )
 
     @staticmethod
     def of(
@@ -99,8 +117,9 @@ class LeafSpec:
         *,
         residual_out: bool = False,
         norm: bool | str = False,
+        homogeneous: str | None = None,
     ) -> LeafSpec:
-        return LeafSpec(tuple(parse_axis(a) for a in axes), residual_out, norm)
+        return LeafSpec(tuple(parse_axis(a) for a in axes), residual_out, norm, homogeneous)
 
     @property
     def norm_kind(self) -> str | None:
@@ -116,6 +135,7 @@ class LeafSpec:
         text = ", ".join("-" if a is None else str(a) for a in self.axes)
         norm = self.norm if isinstance(self.norm, str) else "norm"
         flags = [f for f, on in (("residual-out", self.residual_out), (norm, self.norm)) if on]
+        flags += [f"homogeneous:{self.homogeneous}"] if self.homogeneous else []
         return f"({text})" + "".join(f" {f}" for f in flags)
 
 
@@ -178,6 +198,10 @@ class ResolvedSpec:
         """Spaces over which some normalisation (a ``norm`` leaf's out axis) is taken."""
         return {a.space for s in self.leaves if s.norm for a in s.axes if a and a.role == "out"}
 
+    def homogeneous_spaces(self) -> list[str]:
+        """Spaces whose units some leaf declares positively homogeneous (``homogeneous``)."""
+        return sorted({s.homogeneous for s in self.leaves if s.homogeneous})
+
     def pad_kind(self, space: str) -> str | None:
         """Norm kind of ``space`` when it can be grown exactly by padding (see :func:`pad_kind`)."""
         return pad_kind(self.leaves, space)
@@ -235,6 +259,13 @@ class NeuronSpec:
                     f"paired space {space!r}: not a width space of the spec {sorted(spaces)}"
                 )
         self.paired = frozenset(paired)
+        normed = {a.space for s in self.patterns.values() if s.norm for a in s.axes if a}
+        for pattern, s in self.patterns.items():
+            if s.homogeneous in normed | self.paired:
+                raise SpecError(
+                    f"spec entry {pattern!r}: homogeneous space {s.homogeneous!r} is normalised "
+                    "or paired, so its units cannot be rescaled one by one"
+                )
 
     def __repr__(self) -> str:
         body = ", ".join(f"{p!r}: {s}" for p, s in self.patterns.items())

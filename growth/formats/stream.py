@@ -412,10 +412,11 @@ def grow_stream(
             plan = plan_growth(src.tree, spec, width=width, depth=depth, method=method, key=key)
         except SpecError as e:
             raise SpecError(f"{source}: {e}") from e
-        if plan.fitted:
+        if plan.fitted or plan.report.unit_balance:
+            what = "draws from a measure fitted to" if plan.fitted else "balances units over"
             raise GrowthError(
-                f"method {plan.method.name!r} draws from a measure fitted to all of a space's "
-                "leaves at once; it cannot be streamed leaf by leaf (use growth.grow)"
+                f"method {plan.method.name!r} {what} all of a space's leaves at once; it "
+                "cannot be streamed leaf by leaf (use growth.grow)"
             )
         flat, _ = jax.tree_util.tree_flatten_with_path(src.tree)
         leaves = [leaf for _, leaf in flat]

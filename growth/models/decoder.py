@@ -309,12 +309,15 @@ class Decoder(nnx.Module):
 
 
 def spec(config: DecoderConfig) -> NeuronSpec:
-    """Axis roles of every leaf (see the module docstring); ``hd`` is paired under rotary."""
+    """Axis roles of every leaf (see the module docstring); ``hd`` is paired under rotary;
+    with SwiGLU, ``ff`` is homogeneous in ``w_up``/``b_up`` (``growth.spec``)."""
     c = config
     kind = c.norm
     gain = LeafSpec.of(("depth:blocks", "out:d"), norm=f"{kind}-gain")
     bias = LeafSpec.of(("depth:blocks", "out:d"), norm="layer-bias")
     B = "depth:blocks"
+    # SwiGLU's unit silu(x w_gate) (x w_up) is linear in (w_up, b_up); a GELU unit is not
+    up = "ff" if c.mlp == "swiglu" else None
     roles: dict[str, Any] = {
         "ln1_scale": gain,
         "ln2_scale": gain,
@@ -322,7 +325,7 @@ def spec(config: DecoderConfig) -> NeuronSpec:
         "wk": (B, "in:d", "out:kv", "in:hd"),
         "wv": (B, "in:d", "out:kv", "out:hd"),
         "wo": LeafSpec.of((B, "in:kv", "in:group", "in:hd", "out:d"), residual_out=True),
-        "w_up": (B, "in:d", "out:ff"),
+        "w_up": LeafSpec.of((B, "in:d", "out:ff"), homogeneous=up),
         "w_gate": (B, "in:d", "out:ff"),
         "w_down": LeafSpec.of((B, "in:ff", "out:d"), residual_out=True),
         "ln1_bias": bias,
@@ -331,7 +334,7 @@ def spec(config: DecoderConfig) -> NeuronSpec:
         "bk": (B, "out:kv", "in:hd"),
         "bv": (B, "out:kv", "out:hd"),
         "bo": LeafSpec.of((B, "out:d"), residual_out=True),
-        "b_up": (B, "out:ff"),
+        "b_up": LeafSpec.of((B, "out:ff"), homogeneous=up),
         "b_gate": (B, "out:ff"),
         "b_down": LeafSpec.of((B, "out:d"), residual_out=True),
     }

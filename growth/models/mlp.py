@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from growth.errors import GrowthError
-from growth.spec import NeuronSpec
+from growth.spec import LeafSpec, NeuronSpec
 from theory.parametrization import PARAMETRIZATIONS
 
 if TYPE_CHECKING:
@@ -106,11 +106,16 @@ class MLP(nnx.Module):
 
 
 def spec(config: MLPConfig) -> NeuronSpec:
+    """Axis roles; with ReLU, each hidden space's fan-in (kernel column and bias entry) is
+    declared positively homogeneous: ``relu(c z) = c relu(z)`` for ``c > 0`` (not GELU/tanh)."""
     L = len(config.hidden)
-    leaves: dict = {"layers/0/kernel": ("-", "out:h1"), "layers/0/bias": ("out:h1",)}
-    for l in range(1, L):
-        leaves[f"layers/{l}/kernel"] = (f"in:h{l}", f"out:h{l + 1}")
-        leaves[f"layers/{l}/bias"] = (f"out:h{l + 1}",)
+    relu = config.activation == "relu"
+    leaves: dict = {}
+    for l in range(L):
+        h = f"h{l + 1}"
+        kernel = ("-" if l == 0 else f"in:h{l}", f"out:{h}")
+        leaves[f"layers/{l}/kernel"] = LeafSpec.of(kernel, homogeneous=h if relu else None)
+        leaves[f"layers/{l}/bias"] = LeafSpec.of((f"out:{h}",), homogeneous=h if relu else None)
     leaves[f"layers/{L}/kernel"] = (f"in:h{L}", "-")
     leaves[f"layers/{L}/bias"] = ("-",)
     return NeuronSpec(leaves)

@@ -101,6 +101,12 @@ def plan_stream(
             "blocks' units, which streaming growth does not do; grow in memory with "
             "growth.formats.hf.grow_params"
         )
+    if method.unit_balance:
+        raise GrowthError(
+            f"method {method.name!r}: unit_balance balances each unit over all its leaves at "
+            "once, which streaming growth does not do; pass unit_balance=0 or grow in memory "
+            "with growth.formats.hf.grow_params"
+        )
     tree = _shape_tree(chk, tensors)
     full = decoder.spec(c)
     paths = set(_paths(tree))
