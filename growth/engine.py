@@ -30,6 +30,7 @@ from growth.plasticity import (
     extend_map,
     fresh_leaf,
     fresh_unit_spaces,
+    stream_factor,
 )
 from growth.spec import NeuronSpec, ResolvedSpec, leaves_with_paths
 from growth.width import along, apply_width, draw_space, space_axes
@@ -546,8 +547,10 @@ def apply_leaves(
             leaves, specs, fresh, unit_spaces=units, paired=frozenset(plan.resolved.paired),
             block_maps=blocks, stream=plan.report.stream_scale,
         )  # fmt: skip
-    if balance:
-        leaves, done = balance_units(leaves, specs, fresh, balance)
+    if balance:  # the reference: fresh units as the grown model holds them (stream factor on)
+        a = plan.report.stream_scale
+        ref = [f * stream_factor(sp, a) if a else f for f, sp in zip(fresh, specs, strict=True)]
+        leaves, done = balance_units(leaves, specs, ref, balance)
         plan.report.unit_balance.update(done)
     return leaves
 

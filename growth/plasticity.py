@@ -36,7 +36,10 @@ function at step 0 (to float32 rounding), while its weights look more like a fre
   ``a_j = RMS(u_j)``, ``b_j = RMS(v_j)`` over all the space's declared fan-in leaves and all its
   reader leaves (per block on a stacked space), and ``a_0``, ``b_0`` the same RMS over every unit
   of the fresh init (the one given, else the stand-ins of :func:`fresh_leaf`, i.e. the source
-  leaves' spreads), ``c_j = sqrt(b_j a_0 / (a_j b_0))`` -- then ``c_j a_j / a_0 = b_j / (c_j
+  leaves' spreads) *as the grown model holds it*, i.e. times each leaf's stream factor (a fresh
+  unit's fan-out into a normalised stream is scaled by ``a`` like every writer of it; without
+  that, ``b_0`` would ignore the stream scale and the balance would undo half of it, ``c ~
+  sqrt(a)`` on every unit), ``c_j = sqrt(b_j a_0 / (a_j b_0))`` -- then ``c_j a_j / a_0 = b_j / (c_j
   b_0)``: the unit's fan-in and fan-out sit equally far (as ratios) from the init scale, their
   product ``a_j b_j`` (what the function fixes) unchanged. ``c_j`` is clipped to
   ``[1/BALANCE_CLIP, BALANCE_CLIP]`` and is 1 where ``a_j`` or ``b_j`` is 0 (new units with zero
