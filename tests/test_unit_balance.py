@@ -1,4 +1,4 @@
-"""Unit balance (``growth.plasticity.balance_units``, ``Method.unit_balance``, on in
+"""Unit balance (``growth.plasticity.balance_units``, ``Method.unit_balance``, an option of
 ``plastic``): units of a space the spec declares positively homogeneous (ReLU MLPs; SwiGLU's
 ``w_up``) get fan-in times ``c`` and fan-out over ``c``. It must keep the function (to float32
 rounding), bring every rebalanced unit's ``(fan-in / a0) / (fan-out / b0)`` to 1, leave
@@ -25,6 +25,7 @@ from growth.spec import LeafSpec, NeuronSpec
 
 MLP, RES, DEC = get_family("mlp"), get_family("resmlp"), get_family("decoder")
 TOL = 1e-5
+BAL = "plastic:unit_balance=1"  # plastic with the balance on (off by default)
 RATIO_TOL = 1e-3  # the sweeps stop at factors within 1e-5 of 1; float32 sums on top
 
 
@@ -81,7 +82,7 @@ def test_unit_balance_keeps_the_relu_mlp_and_balances_its_units(data) -> None:
     cfg = MLP.config(input_dim=5, hidden=hidden, num_classes=3)
     params = _unbalance_mlp(random_params("mlp", cfg, seed), np.random.default_rng(seed), 2.0)
     width = {f"h{l + 1}": N for l, N in enumerate(grow_to)}
-    plan, big, init, new = _grow("mlp", cfg, params, width, {}, "plastic", seed=seed,
+    plan, big, init, new = _grow("mlp", cfg, params, width, {}, BAL, seed=seed,
                                  fresh=fresh)  # fmt: skip
     x = jnp.asarray(np.random.default_rng(seed).normal(size=(32, 5)), jnp.float32)
     err = rel_err(model_fn("mlp", big)(new, x), model_fn("mlp", cfg)(params, x))
@@ -89,7 +90,7 @@ def test_unit_balance_keeps_the_relu_mlp_and_balances_its_units(data) -> None:
     assert err <= TOL
     assert plan.report.record_error(err).function_preserving
     assert sorted(plan.report.unit_balance) == sorted(width)
-    off = _grow("mlp", cfg, params, width, {}, "plastic:unit_balance=0", seed=seed, fresh=fresh)
+    off = _grow("mlp", cfg, params, width, {}, "plastic", seed=seed, fresh=fresh)
     for l, n in enumerate(hidden):
         stats = plan.report.unit_balance[f"h{l + 1}"]
         assert stats["rebalanced"] == n and stats["clipped"] == 0  # source units; new: c = 1
@@ -136,7 +137,7 @@ def _ff_rms(p):
 @given(data=st.data())
 def test_unit_balance_keeps_the_swiglu_decoder_and_balances_its_units(data) -> None:
     cfg, params, width, depth, fresh, seed = _decoder_case(data)
-    plan, big, init, new = _grow("decoder", cfg, params, width, depth, "plastic", seed=seed,
+    plan, big, init, new = _grow("decoder", cfg, params, width, depth, BAL, seed=seed,
                                  fresh=fresh)  # fmt: skip
     tokens = jnp.asarray(np.random.default_rng(seed).integers(0, 256, (2, 8)))
     err = rel_err(model_fn("decoder", big)(new, tokens), model_fn("decoder", cfg)(params, tokens))
@@ -176,7 +177,7 @@ def test_tampered_decoder_declaration_changes_the_function(case) -> None:
     wrong = {f"blocks/{leaf}": _declared(spec, f"blocks/{leaf}", "ff")}
     if mlp == "swiglu":
         wrong["blocks/w_up"] = _declared(spec, "blocks/w_up", None)
-    plan, big, _, new = _grow("decoder", cfg, params, {"ff": 32}, {}, "plastic",
+    plan, big, _, new = _grow("decoder", cfg, params, {"ff": 32}, {}, BAL,
                               spec=_with(spec, **wrong))  # fmt: skip
     assert plan.report.unit_balance["ff"]["rebalanced"] > 0
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 8)))
@@ -195,7 +196,7 @@ def test_tampered_mlp_declarations_change_the_function() -> None:
     declared = ("layers/0/kernel", "layers/0/bias")
     tanh_spec = _with(MLP.spec(tanh), **{p: _declared(MLP.spec(tanh), p, "h1") for p in declared})
     for c, s in ((cfg, spec), (cfg, half), (tanh, tanh_spec)):
-        plan, big, _, new = _grow("mlp", c, params, {"h1": 9}, {}, "plastic", spec=s)
+        plan, big, _, new = _grow("mlp", c, params, {"h1": 9}, {}, BAL, spec=s)
         err = rel_err(model_fn("mlp", big)(new, x), model_fn("mlp", c)(params, x))
         assert plan.report.unit_balance["h1"]["rebalanced"] == 6
         assert (err <= TOL) if s is spec else (err > 1e3 * TOL), (c.activation, s is half, err)
@@ -216,8 +217,8 @@ def test_unit_balance_is_a_no_op_without_homogeneous_units(family) -> None:
         cfg = MLP.config(input_dim=5, hidden=(6,), num_classes=3, activation="gelu")
     params = jax.tree.map(lambda a: 3.0 * a, random_params(name, cfg, 0))
     assert get_family(name).spec(cfg).resolve(params).homogeneous_spaces() == []
-    on = _grow(name, cfg, params, width, {}, "plastic", fresh=False)
-    off = _grow(name, cfg, params, width, {}, "plastic:unit_balance=0", fresh=False)
+    on = _grow(name, cfg, params, width, {}, BAL, fresh=False)
+    off = _grow(name, cfg, params, width, {}, "plastic", fresh=False)
     assert on[0].report.unit_balance == {} and tree_equal(on[3], off[3])
 
 
@@ -225,11 +226,11 @@ def test_unit_balance_is_deterministic_and_reported() -> None:
     cfg = DEC.config(d_model=8, n_layers=2, n_heads=2, d_ff=16, max_len=8, norm="rms",
                      mlp="swiglu")  # fmt: skip
     params = jax.tree.map(lambda a: 3.0 * a, random_params("decoder", cfg, 0))
-    runs = [_grow("decoder", cfg, params, {"ff": 32}, {"blocks": 3}, "plastic", seed=s,
+    runs = [_grow("decoder", cfg, params, {"ff": 32}, {"blocks": 3}, BAL, seed=s,
                   fresh=False) for s in (5, 5, 6)]  # fmt: skip
     assert tree_equal(runs[0][3], runs[1][3])
     assert not tree_equal(runs[0][3], runs[2][3])
-    off = _grow("decoder", cfg, params, {"ff": 32}, {"blocks": 3}, "plastic:unit_balance=0",
+    off = _grow("decoder", cfg, params, {"ff": 32}, {"blocks": 3}, "plastic",
                 seed=5, fresh=False)  # fmt: skip
     assert not np.array_equal(runs[0][3]["blocks"]["w_up"], off[3]["blocks"]["w_up"])
     report = runs[0][0].report
@@ -239,8 +240,8 @@ def test_unit_balance_is_deterministic_and_reported() -> None:
 
 
 def test_unit_balance_validation() -> None:
-    assert get_method("plastic").unit_balance
-    assert not get_method("plastic:unit_balance=0").unit_balance
+    assert get_method(BAL).unit_balance
+    assert not get_method("plastic").unit_balance  # measured neutral on the LM demo: off
     assert not get_method("exact").unit_balance
     assert get_method("exact:unit_balance=true").unit_balance
     with pytest.raises(GrowthError, match="unit_balance='maybe'"):
@@ -260,9 +261,9 @@ def test_unit_balance_refuses_a_slice_of_leaves() -> None:
     """The balance needs every leaf of a space at once: streaming a leaf at a time is refused."""
     cfg = MLP.config(input_dim=5, hidden=(6,), num_classes=3)
     params = random_params("mlp", cfg, 0)
-    plan = plan_growth(params, MLP.spec(cfg), width={"h1": 9}, method="plastic")
+    plan = plan_growth(params, MLP.spec(cfg), width={"h1": 9}, method=BAL)
     leaves = jax.tree_util.tree_leaves(params)
     with pytest.raises(GrowthError, match="unit_balance"):
         apply_leaves(plan, leaves[:1], 0)
-    off = plan_growth(params, MLP.spec(cfg), width={"h1": 9}, method="plastic:unit_balance=0")
+    off = plan_growth(params, MLP.spec(cfg), width={"h1": 9}, method="plastic")
     assert apply_leaves(off, leaves[:1], 0)[0].shape[-1] == 9
