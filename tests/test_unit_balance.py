@@ -71,7 +71,7 @@ def _spread(r):
     return float(np.max(np.abs(np.log(r / np.median(r)))))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(data=st.data())
 def test_unit_balance_keeps_the_relu_mlp_and_balances_its_units(data) -> None:
     hidden = tuple(data.draw(st.lists(st.integers(2, 8), min_size=1, max_size=2), label="hidden"))
@@ -133,7 +133,7 @@ def _ff_rms(p):
     return _rms_rows(*up), _rms_rows(np.asarray(blocks["w_down"]))
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(data=st.data())
 def test_unit_balance_keeps_the_swiglu_decoder_and_balances_its_units(data) -> None:
     cfg, params, width, depth, fresh, seed = _decoder_case(data)
