@@ -9,6 +9,7 @@ scratch are trained under the same width-aware rule.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import threading
@@ -89,19 +90,32 @@ def scale_by_leaf(multipliers: Sequence[float]) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
+def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Peak ``cfg.lr``: linear warm-up from 0 over ``min(cfg.warmup, cfg.steps - 1)`` updates,
+    then cosine decay to ``0.1 cfg.lr`` at update ``cfg.steps``."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps, end_value=cfg.lr * 0.1
+    )
+
+
 def make_optimizer(
     cfg: TrainConfig, lr_multipliers: Sequence[float] | None = None
 ) -> optax.GradientTransformation:
     """AdamW (decoupled decay) with warm-up + cosine schedule and optional per-leaf multipliers."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, min(cfg.warmup, cfg.steps - 1), cfg.steps, end_value=cfg.lr * 0.1
-    )
+    return _adamw(lr_schedule(cfg), lr_multipliers, cfg.weight_decay)
+
+
+def _adamw(
+    learning_rate: optax.Schedule,
+    lr_multipliers: Sequence[float] | None,
+    weight_decay: float,
+) -> optax.GradientTransformation:
     parts = [optax.scale_by_adam()]
     if lr_multipliers is not None:
         parts.append(scale_by_leaf(lr_multipliers))
-    if cfg.weight_decay:  # decoupled and after the width multipliers: decay is not rescaled
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    parts.append(optax.scale_by_learning_rate(schedule))
+    if weight_decay:  # decoupled and after the width multipliers: decay is not rescaled
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*parts)
 
 
@@ -160,22 +174,24 @@ def fit(
     (if ``state``) and raises :class:`TrainingInterrupted`.
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt = make_optimizer(cfg, lr_multipliers)
-    opt_state = opt.init(params)
+    opt_state = make_optimizer(cfg, lr_multipliers).init(params)
     if state is not None and not hasattr(batches, "state"):
         raise GrowthError(f"{desc}: resumable training needs a BatchStream of batches")
+    lrs = np.asarray(jax.jit(lr_schedule(cfg))(jnp.arange(cfg.steps)))  # lrs[t]: update t + 1's
+    static = {
+        "graphdef": graphdef,
+        "loss_fn": loss_fn,
+        "transform": transform,
+        "lr_multipliers": None if lr_multipliers is None else tuple(map(float, lr_multipliers)),
+        "weight_decay": cfg.weight_decay,
+    }
+
+    def step(params, opt_state, t, *batch):
+        return _train_step(params, opt_state, rest, jnp.int32(t), jnp.float32(lrs[t]), batch,
+                           **static)  # fmt: skip
 
     def effective(p, t):
         return p if transform is None else transform(p, t)
-
-    @jax.jit
-    def step(params, opt_state, t, *batch):
-        def objective(p):
-            return loss_fn(nnx.merge(graphdef, effective(p, t), rest), *batch)
-
-        loss, grads = jax.value_and_grad(objective)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
 
     hist, running, start = History(), [], 0
     if resume:
@@ -210,7 +226,7 @@ def fit(
                 kept = f"; the state is saved in {state.directory}" if state else ""
                 raise TrainingInterrupted(f"{desc}: stopped after step {k - 1}{kept}")
             batch = tuple(jnp.asarray(b) for b in next(batches))
-            params, opt_state, loss = step(params, opt_state, jnp.int32(k - 1), *batch)
+            params, opt_state, loss = step(params, opt_state, k - 1, *batch)
             running.append(loss)
             if k % cfg.eval_every == 0 or k == cfg.steps:
                 train_loss = float(jnp.mean(jnp.stack(running)))
@@ -226,6 +242,27 @@ def fit(
                 _after_step(k)
     nnx.update(model, held(params, jnp.int32(cfg.steps)))
     return hist
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "loss_fn", "transform", "lr_multipliers", "weight_decay"),
+)
+def _train_step(params, opt_state, rest, t, lr, batch, *, graphdef, loss_fn, transform,
+                lr_multipliers, weight_decay):  # fmt: skip
+    """One AdamW update of ``params`` at learning rate ``lr`` (the schedule's value at update
+    ``t``, a traced scalar: runs that differ only in their schedule or length share one compiled
+    step); returns (params, opt_state, the loss before the update)."""
+
+    def objective(p):
+        held = p if transform is None else transform(p, t)
+        return loss_fn(nnx.merge(graphdef, held, rest), *batch)
+
+    loss, grads = jax.value_and_grad(objective)(params)
+    updates, opt_state = _adamw(lambda _: lr, lr_multipliers, weight_decay).update(
+        grads, opt_state, params
+    )
+    return optax.apply_updates(params, updates), opt_state, loss
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -250,6 +287,10 @@ def _sigint_flag() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _classifier_loss(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+    return cross_entropy(model(x), y)
+
+
 def train(
     model: nnx.Module,
     data: Dataset,
@@ -267,7 +308,7 @@ def train(
     return fit(
         model,
         iterate_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed),
-        lambda m, x, y: cross_entropy(m(x), y),
+        _classifier_loss,
         lambda m: evaluate(m, data.x_test, data.y_test),
         cfg,
         lr_multipliers=lr_multipliers,
