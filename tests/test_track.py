@@ -92,15 +92,18 @@ def test_track_checkpoint_resmlp(tmp_path) -> None:
 ])  # fmt: skip
 def test_track_grown_checkpoint_tracks_its_recorded_growth(small_ckpt, tmp_path, method, width,
                                                            passes) -> None:  # fmt: skip
-    """``grow track GROWN`` trains the checkpoint as grown, not a fresh copy growth."""
+    """``grow track GROWN`` trains the checkpoint as grown, not a fresh copy growth; its exit
+    code and its --json result (``track_checkpoint``'s) say whether it tracked."""
     from growth.apps.commands import grow_checkpoint
 
     grow_checkpoint(small_ckpt, tmp_path / "g", width=width, depth="", method=method, seed=1)
-    res = track_checkpoint(tmp_path / "g", steps=20, optimizer="adam", eps=1e-4)
-    assert res["growth"] == {"method": method, "recorded": True}
-    assert res["passed"] is passes, res["gaps"]
-    argv = ["track", str(tmp_path / "g"), "--steps", "20", "--eps", "1e-4"]
+    out = tmp_path / "track.json"
+    argv = ["track", str(tmp_path / "g"), "--steps", "20", "--eps", "1e-4", "--json", str(out)]
     assert main(argv) == (0 if passes else 1)
+    res = json.loads(out.read_text())
+    assert res["growth"] == {"method": method, "recorded": True}
+    assert res["optimizer"] == "adam" and res["steps"] == 20 and res["eps"] == 1e-4
+    assert res["passed"] is passes, res["gaps"]
 
 
 def test_cli(ckpt, tmp_path, capsys, monkeypatch) -> None:
