@@ -21,6 +21,7 @@ copy count) and ``coupled-wd`` (L2 decay added to the gradient before the optimi
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -71,50 +72,76 @@ def width_aware_optimizer(
     """SGD or Adam(W) with the per-leaf width rules of ``parametrization``, relative to
     ``base_sizes`` (``resolved``: the spec matched to ``params``, the params to be trained).
 
-    Chain: [coupled decay] -> ``scale_by_adam`` with per-leaf eps factors
+    Chain: coupled decay -> ``scale_by_adam`` with per-leaf eps factors
     (:func:`theory.parametrization.adam_eps_multipliers`;
-    ``growth.recipes.optstate.scale_by_adam``) ->
-    per-leaf LR factors (:func:`theory.parametrization.lr_multipliers`;
-    ``growth.tasks.train.scale_by_leaf``) -> [decoupled decay] -> ``-lr``. With ``base_sizes``
-    equal to
-    the current sizes every factor is 1 (plain SGD / AdamW). ``rule`` selects a negative control
+    ``growth.recipes.optstate.scale_by_adam``) -> per-leaf LR factors
+    (:func:`theory.parametrization.lr_multipliers`; ``growth.tasks.train.scale_by_leaf``) ->
+    decoupled decay -> ``-lr``; the ``coupled-wd`` rule decays only before the optimizer, the
+    others only after it (the other decay is by 0). With ``base_sizes`` equal to the current
+    sizes every factor is 1 (plain SGD / AdamW). ``rule`` selects a negative control
     (:data:`RULES`). The state structure is the same for every rule.
     """
     if optimizer not in CONTROLS:
         raise GrowthError(f"optimizer {optimizer!r}: expected 'sgd' or 'adam'")
     if rule not in RULES:
         raise GrowthError(f"rule {rule!r}: expected one of {RULES}")
+    coef = _rule_coefficients(resolved, base_sizes, optimizer, parametrization, eps,
+                              weight_decay, rule)  # fmt: skip
     treedef = jax.tree_util.tree_structure(params)
+    return _rule_chain(optimizer, treedef, lr, b1=b1, b2=b2, **coef)
+
+
+def _rule_coefficients(resolved: ResolvedSpec, base_sizes: Mapping[str, int], optimizer: str,
+                       parametrization: str, eps: float, weight_decay: float,
+                       rule: str) -> dict:  # fmt: skip
+    """The numbers in which the rules differ: per-leaf LR factors ``mults``, per-leaf Adam
+    epsilons ``eps_leaf`` (``eps`` times its factor) and the coupled / decoupled decay."""
     n = len(resolved.leaves)
     mults = (
         (1.0,) * n
         if rule == "global-lr"
         else lr_multipliers(resolved, base_sizes, parametrization, optimizer)
     )
-    parts = []
-    if weight_decay and rule == "coupled-wd":
-        parts.append(optax.add_decayed_weights(weight_decay))
+    eps_f = (1.0,) * n if rule == "unscaled-eps" else adam_eps_multipliers(resolved, base_sizes)
+    coupled = rule == "coupled-wd"
+    return {
+        "mults": tuple(mults),
+        "eps_leaf": tuple(eps * f for f in eps_f),
+        "coupled_wd": weight_decay if coupled else 0.0,
+        "decoupled_wd": 0.0 if coupled else weight_decay,
+    }
+
+
+def _rule_chain(optimizer: str, treedef: Any, lr: float | optax.Schedule | jax.Array, *,
+                mults: Sequence, eps_leaf: Sequence, coupled_wd: Any, decoupled_wd: Any,
+                b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:  # fmt: skip
+    """coupled decay -> [Adam with per-leaf eps] -> per-leaf LR factors -> decoupled decay ->
+    ``-lr``; one structure for every rule (an absent decay is a decay by 0), so the numbers may
+    be traced and every rule runs one compiled step."""
+    parts = [optax.add_decayed_weights(coupled_wd)]
     if optimizer == "adam":
-        eps_f = (1.0,) * n if rule == "unscaled-eps" else adam_eps_multipliers(resolved, base_sizes)
-        parts.append(scale_by_adam(b1, b2, eps, jax.tree_util.tree_unflatten(treedef, eps_f)))
+        eps = jax.tree_util.tree_unflatten(treedef, list(eps_leaf))
+        parts.append(scale_by_adam(b1, b2, 1.0, eps))
     parts.append(scale_by_leaf(mults))
-    if weight_decay and rule != "coupled-wd":
-        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.add_decayed_weights(decoupled_wd))
     parts.append(optax.scale_by_learning_rate(lr))
     return optax.chain(*parts)
 
 
-def _stepper(family: str, config: Any, opt: optax.GradientTransformation):
-    def loss_fn(p: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-        return cross_entropy(model_from_params(family, config, p)(x), y)
+@functools.partial(jax.jit, static_argnames=("family", "config", "optimizer"))
+def _track_step(p: Any, state: Any, x: jax.Array, y: jax.Array, lr: jax.Array, coef: dict, *,
+                family: str, config: Any, optimizer: str) -> tuple:  # fmt: skip
+    """One update of a ``family``/``config`` model under the rule whose numbers are ``coef``
+    (traced: the rules, and runs of one model, share the compiled step); returns
+    (params, state, the loss before the update)."""
 
-    @jax.jit
-    def step(p: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple:
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
-        updates, state = opt.update(grads, state, p)
-        return optax.apply_updates(p, updates), state, loss
+    def loss_fn(q: Any) -> jax.Array:
+        return cross_entropy(model_from_params(family, config, q)(x), y)
 
-    return step
+    loss, grads = jax.value_and_grad(loss_fn)(p)
+    opt = _rule_chain(optimizer, jax.tree_util.tree_structure(p), lr, **coef)
+    updates, state = opt.update(grads, state, p)
+    return optax.apply_updates(p, updates), state, loss
 
 
 def track(
@@ -203,10 +230,11 @@ def track_pair(
     batches = [tuple(jnp.asarray(b) for b in next(batches)) for _ in range(steps)]
 
     def run(p: Any, cfg: Any, res: ResolvedSpec, rule: str) -> np.ndarray:
-        opt = width_aware_optimizer(p, res, base, lr, rule=rule, **kw)
-        step, state, losses = _stepper(family, cfg, opt), opt.init(p), []
+        state, losses = width_aware_optimizer(p, res, base, lr, rule=rule, **kw).init(p), []
+        coef = _rule_coefficients(res, base, optimizer, parametrization, eps, weight_decay, rule)
+        static = {"family": family, "config": cfg, "optimizer": optimizer}
         for x, y in batches:
-            p, state, loss = step(p, state, x, y)
+            p, state, loss = _track_step(p, state, x, y, lr, coef, **static)
             losses.append(loss)
         return np.asarray(jnp.stack(losses), np.float64)
 
