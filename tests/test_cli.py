@@ -18,7 +18,16 @@ from growth.methods import DEFAULT_METHOD
 from growth.spec import parse_targets
 
 
-def test_train_grow_verify_roundtrip(small_ckpt, tmp_path):
+def _verify_cli(path, capsys) -> tuple[int, dict, str]:
+    """``grow verify PATH``: its exit code, the result it prints (``verify_checkpoint``'s) and
+    its last line."""
+    capsys.readouterr()  # what earlier commands printed
+    code = main(["verify", str(path)])
+    out = capsys.readouterr().out
+    return code, json.JSONDecoder().raw_decode(out)[0], out.strip().splitlines()[-1]
+
+
+def test_train_grow_verify_roundtrip(small_ckpt, tmp_path, capsys):
     assert (
         main(
             [
@@ -37,12 +46,12 @@ def test_train_grow_verify_roundtrip(small_ckpt, tmp_path):
     params, meta = load_checkpoint(tmp_path / "big")
     assert meta["config"]["width"] == 16 and meta["config"]["hidden"] == 24
     assert meta["config"]["depth"] == 3 and params["w1"].shape == (3, 16, 24)
-    res = verify_checkpoint(tmp_path / "big")
+    code, res, _ = _verify_cli(tmp_path / "big", capsys)
+    assert code == 0
     assert res["bound"]["kind"] == "rounding" and res["passed"] and res["verdict"] == "pass"
     assert res["max_rel_logit_error"] <= res["bound"]["rel_error"] < 1e-4
     assert abs(res["zero_shot_gap"]) <= 1e-5 * max(1.0, res["source_test_loss"])
     assert meta["growth"]["function_check"] == "measured" and meta["growth"]["function_preserving"]
-    assert main(["verify", str(tmp_path / "big")]) == 0
 
 
 def test_non_multiple_width_is_exact_through_the_commands(small_ckpt, tmp_path):
@@ -63,7 +72,8 @@ def _tampered(src, out, edit):
     return out
 
 
-def test_verify_sampling_bound_passes_a_draw_and_fails_entrywise_resampling(small_ckpt, tmp_path):
+def test_verify_sampling_bound_passes_a_draw_and_fails_entrywise_resampling(small_ckpt, tmp_path,
+                                                                           capsys):  # fmt: skip
     """iid growth of the block hidden space (no norm on it): judged against fresh draws; the
     same checkpoint with the grown block kernels resampled entrywise (the RC structure
     destroyed) is outside the law-of-large-numbers bound."""
@@ -77,19 +87,17 @@ def test_verify_sampling_bound_passes_a_draw_and_fails_entrywise_resampling(smal
         for k in ("w1", "w2"):
             p[k] = rng.permutation(p[k].ravel()).reshape(p[k].shape) * 4
 
-    bad = verify_checkpoint(_tampered(tmp_path / "iid", tmp_path / "bad", resample))
-    assert bad["passed"] is False and bad["verdict"] == "fail", bad["reason"]
-    assert main(["verify", str(tmp_path / "bad")]) == 1
+    code, bad, _ = _verify_cli(_tampered(tmp_path / "iid", tmp_path / "bad", resample), capsys)
+    assert code == 1 and bad["passed"] is False and bad["verdict"] == "fail", bad["reason"]
 
 
 def test_verify_method_without_guarantee_fails(small_ckpt, tmp_path, capsys):
     """An approximate depth rule promises nothing: verify says so and exits 1, never None."""
     grow_checkpoint(small_ckpt, tmp_path / "st", width="x2", depth="x2", method="stack")
-    res = verify_checkpoint(tmp_path / "st")
-    assert res["bound"]["kind"] == "none" and res["passed"] is False
+    code, res, last = _verify_cli(tmp_path / "st", capsys)
+    assert code == 1 and res["bound"]["kind"] == "none" and res["passed"] is False
     assert "approximate depth rule 'stack'" in res["reason"]
-    assert main(["verify", str(tmp_path / "st")]) == 1
-    assert "fail: stack (none)" in capsys.readouterr().out
+    assert last.startswith("fail: stack (none)")
 
 
 @pytest.mark.parametrize("method", ["net2net-noise", "rc"])
@@ -107,13 +115,13 @@ def test_verify_noise_bound(small_ckpt, tmp_path, method):
     assert verify_checkpoint(tmp_path / "claimed")["passed"] is False
 
 
-def test_verify_fails_on_tampered_checkpoint(small_ckpt, tmp_path):
+def test_verify_fails_on_tampered_checkpoint(small_ckpt, tmp_path, capsys):
     grow_checkpoint(small_ckpt, tmp_path / "big", width="x2", depth="x2")
     params, meta = load_checkpoint(tmp_path / "big")
     params["head"]["bias"] = params["head"]["bias"] + 0.5 * np.arange(10, dtype=np.float32)
     save_checkpoint(tmp_path / "bad", params, meta)
-    assert verify_checkpoint(tmp_path / "bad")["passed"] is False
-    assert main(["verify", str(tmp_path / "bad")]) == 1
+    code, res, _ = _verify_cli(tmp_path / "bad", capsys)
+    assert code == 1 and res["passed"] is False
 
 
 def test_verify_exact_fails_on_readout_x1001_and_untied_maps(small_ckpt, tmp_path):
