@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import gc
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -37,20 +35,6 @@ from growth.spec import leaves_with_paths
 settings.register_profile("mfgrow", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mfgrow"))
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """A per-session on-disk XLA compilation cache, empty at the start of every run and removed
-    at its end: a program compiled again -- after the per-module cache clear
-    (``_free_compiled_programs``), or by another jit of the same computation (a model
-    re-initialised or run at the same shapes) -- is loaded instead of recompiled (about -8% CPU
-    time on the growth tests). Set here, before collection imports the tests and anything
-    compiles (JAX decides whether to use the cache at its first compilation)."""
-    cache = tempfile.mkdtemp(prefix="mfgrow-test-xla-cache-")
-    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-
 
 ACTS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
