@@ -71,9 +71,7 @@ def _spread(r):
     return float(np.max(np.abs(np.log(r / np.median(r)))))
 
 
-@settings(max_examples=4, deadline=None)
-@given(data=st.data())
-def test_unit_balance_keeps_the_relu_mlp_and_balances_its_units(data) -> None:
+def _check_relu_mlp(data) -> None:
     hidden = tuple(data.draw(st.lists(st.integers(2, 8), min_size=1, max_size=2), label="hidden"))
     grow_to = [data.draw(st.integers(n, 2 * n + 1), label=f"N{l + 1}") for l, n in
                enumerate(hidden)]  # fmt: skip
@@ -133,9 +131,7 @@ def _ff_rms(p):
     return _rms_rows(*up), _rms_rows(np.asarray(blocks["w_down"]))
 
 
-@settings(max_examples=3, deadline=None)
-@given(data=st.data())
-def test_unit_balance_keeps_the_swiglu_decoder_and_balances_its_units(data) -> None:
+def _check_swiglu_decoder(data) -> None:
     cfg, params, width, depth, fresh, seed = _decoder_case(data)
     plan, big, init, new = _grow("decoder", cfg, params, width, depth, BAL, seed=seed,
                                  fresh=fresh)  # fmt: skip
@@ -155,6 +151,33 @@ def test_unit_balance_keeps_the_swiglu_decoder_and_balances_its_units(data) -> N
         np.testing.assert_allclose(ratio, a0 / (a * b0), rtol=RATIO_TOL)
     else:
         np.testing.assert_allclose(ratio, np.median(ratio), rtol=RATIO_TOL)
+
+
+# The default run draws a few examples (each draws new shapes, so compiles); the slow suite many.
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_unit_balance_keeps_the_relu_mlp_and_balances_its_units(data) -> None:
+    _check_relu_mlp(data)
+
+
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_unit_balance_keeps_the_relu_mlp_and_balances_its_units_many(data) -> None:
+    _check_relu_mlp(data)
+
+
+@settings(max_examples=2, deadline=None)
+@given(data=st.data())
+def test_unit_balance_keeps_the_swiglu_decoder_and_balances_its_units(data) -> None:
+    _check_swiglu_decoder(data)
+
+
+@pytest.mark.slow
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_unit_balance_keeps_the_swiglu_decoder_and_balances_its_units_many(data) -> None:
+    _check_swiglu_decoder(data)
 
 
 def _with(spec: NeuronSpec, **changes: LeafSpec) -> NeuronSpec:
